@@ -1,0 +1,1 @@
+"""mlmlmlm: EMG-to-viola translation."""

@@ -1,0 +1,138 @@
+"""The ``mlmlmlm`` command: run experiments, build the book, check and build data, benchmark.
+
+Introduced in notebook 01_dataset (README shows each command).
+
+    mlmlmlm list                                  every <phase>/<run>
+    mlmlmlm run <phase>/<run> [--smoke] [--force] [--scale cpu|paper]
+    mlmlmlm book [--smoke] [--out DIR] [--only RUN ...] [--force]
+    mlmlmlm data check PATH [--window-s 6]
+    mlmlmlm data build [--out data/default] [--minutes N] [--seed S]
+    mlmlmlm train <phase>/<run> [--scale cpu|paper] [--run-dir DIR]   (no notebook; torchrun-able)
+    mlmlmlm bench codec [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlmlmlm", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("list", help="list every experiment as <phase>/<run>")
+
+    r = sub.add_parser("run", help="execute one experiment's notebook with papermill")
+    r.add_argument("run", help="<phase>/<run>, e.g. 02_audio_codec/a_rvq_vae_3")
+    r.add_argument("--smoke", action="store_true", help="tiny sizes, written to a temp folder")
+    r.add_argument("--force", action="store_true", help="run even if the card is up to date")
+    r.add_argument("--scale", default="cpu", choices=["cpu", "paper"])
+    r.add_argument("--out", type=Path, help="book root to write to (default: repo, or temp)")
+
+    b = sub.add_parser("book", help="run every experiment, then build the Jupyter Book")
+    b.add_argument("--smoke", action="store_true", help="tiny sizes, written to a temp folder")
+    b.add_argument("--out", type=Path, help="book root to write to")
+    b.add_argument("--only", nargs="+", metavar="RUN", help="run only these <phase>/<run>")
+    b.add_argument("--force", action="store_true", help="re-run up-to-date experiments too")
+
+    d = sub.add_parser("data", help="check or build datasets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    c = dsub.add_parser("check", help="validate a recording file or folder (exit 2 on problems)")
+    c.add_argument("path", type=Path)
+    c.add_argument("--window-s", type=float, default=6.0, help="window length (s)")
+    bd = dsub.add_parser("build", help="build the embedded default corpus")
+    bd.add_argument("--out", type=Path, default=Path("data/default"))
+    bd.add_argument("--minutes", type=float, default=24.0)
+    bd.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("train", help="train one experiment without a notebook (torchrun-able)")
+    t.add_argument("run")
+    t.add_argument("--scale", default="cpu", choices=["cpu", "paper", "smoke"])
+    t.add_argument("--run-dir", type=Path)
+    t.add_argument("--data-root", type=Path)
+
+    be = sub.add_parser("bench", help="benchmarks that print JSON")
+    be.add_argument("what", choices=["codec"])
+    be.add_argument("--json", action="store_true", help="print JSON only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from mlmlmlm.config import ConfigError
+
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"mlmlmlm: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlmlmlm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the known error types, traceback otherwise
+        from mlmlmlm.data.io import DataError
+        from mlmlmlm.runbook import RunbookError
+
+        if isinstance(exc, (DataError, RunbookError)):
+            print(f"mlmlmlm: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, DataError) else 1
+        raise
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "list":
+        from mlmlmlm.config import list_runs
+
+        print("\n".join(list_runs()))
+        return 0
+    if args.cmd == "run":
+        from mlmlmlm.runbook import ensure_corpus, prepare_root, run_experiment, default_data_root
+        from mlmlmlm.config import REPO_ROOT
+        import tempfile
+
+        root = args.out or (Path(tempfile.mkdtemp(prefix="mlmlmlm-smoke-")) if args.smoke
+                            else REPO_ROOT)
+        if root != REPO_ROOT:
+            prepare_root(root)
+        data_root = ensure_corpus(default_data_root(root, args.smoke), args.smoke)
+        card = run_experiment(args.run, smoke=args.smoke, force=args.force, root=root,
+                              data_root=data_root, scale=args.scale)
+        print(f"{args.run}: {card['status']} in {card['wall_s']:.0f} s -> {root / card['page']}")
+        return 0
+    if args.cmd == "book":
+        from mlmlmlm.runbook import run_book
+
+        run_book(smoke=args.smoke, out=args.out, only=args.only, force=args.force)
+        return 0
+    if args.cmd == "data":
+        if args.data_cmd == "check":
+            from mlmlmlm.data.check import run_check
+
+            return run_check(args.path, window_s=args.window_s)
+        from mlmlmlm.data.synth.build import build_corpus
+
+        manifest = build_corpus(args.out, minutes=args.minutes, seed=args.seed)
+        print(json.dumps({"out": str(args.out), "recordings": len(manifest["recordings"]),
+                          "seconds": manifest.get("build", {}).get("seconds")}))
+        return 0
+    if args.cmd == "train":
+        from mlmlmlm.experiment import train_run
+
+        result = train_run(args.run, scale=args.scale, run_dir=args.run_dir,
+                           data_root=args.data_root)
+        print(json.dumps({"steps": result.steps, "wall_s": result.wall_s}))
+        return 0
+    if args.cmd == "bench":
+        from mlmlmlm.bench import bench_codec
+
+        out = bench_codec()
+        print(json.dumps(out, indent=None if args.json else 2))
+        return 0
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

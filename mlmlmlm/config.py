@@ -1,0 +1,335 @@
+"""Typed run configuration: YAML base + override merge per phase, checked against dataclasses.
+
+Introduced in notebook 01_dataset; every notebook's `parameters` cell is resolved through
+:func:`load_run_config` (the runbook) or :func:`config_from_dict` (papermill-injected dicts).
+
+A run is addressed as ``<phase>/<run>``: ``experiments/<phase>/base.yaml`` holds the phase's
+defaults (the paper's values), ``experiments/<phase>/<run>.yaml`` the few keys that change.
+Each file may carry a ``scales:`` block (``cpu``, ``smoke``, ``paper``) merged on top of it:
+
+    base  ->  base.scales[cpu]  ->  base.scales[smoke]  ->  run  ->  run.scales[cpu]  -> ...
+
+``smoke`` is layered on ``cpu`` (it is the cpu architecture at toy sizes, for tests). Unknown
+keys and wrong types are errors that name the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCALES = ("cpu", "paper", "smoke")
+BOOK_KEYS = ("runs", "table", "chapter_title", "paper_table")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file (when known) and the dotted key."""
+
+
+@dataclass
+class CorpusConfig:
+    """How the embedded default corpus is built (``mlmlmlm data build``)."""
+
+    minutes: float = 24.0  # paired minutes of synthetic-driven material (plus the test_real split)
+    seed: int = 0  # same seed -> byte-identical corpus
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: which windows, how many, and the inspection threshold."""
+
+    split: str = "test"  # held-out split the metrics and players use
+    n_windows: int = 64  # N for reconstruction identifiability (a collapsed model scores ~1/N)
+    n_examples: int = 4  # windows shown as players / spectrograms (a fixed list)
+    inspection_threshold: float = 0.5  # identifiability >= this -> "successful"
+
+
+# Sections whose dataclass lives beside the code that uses it (nanoGPT-style small configs).
+# Imported lazily so that `mlmlmlm data check` never pays for torch.
+_SECTION_TYPES = {
+    "corpus": "mlmlmlm.config:CorpusConfig",
+    "data": "mlmlmlm.data.dataset:DataConfig",
+    "model": "mlmlmlm.models.codec:CodecConfig",
+    "loss": "mlmlmlm.losses:LossConfig",
+    "train": "mlmlmlm.train:TrainConfig",
+    "eval": "mlmlmlm.config:EvalConfig",
+}
+
+
+def section_type(name: str) -> type:
+    module, _, attr = _SECTION_TYPES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass
+class RunConfig:
+    """One resolved experiment: identity, the paper's reference row, and typed sections."""
+
+    run: str = ""  # "<phase>/<run>"
+    scale: str = "cpu"  # "cpu" | "paper" | "smoke"
+    title: str = ""  # the paper's row label, e.g. "A RVQ-VAE 3"
+    description: str = ""  # one or two sentences: what this run changes and why
+    paper: dict[str, Any] = field(default_factory=dict)  # the paper's reported values for this row
+    sections: dict[str, Any] = field(default_factory=dict)  # name -> typed section dataclass
+
+    @property
+    def phase(self) -> str:
+        return self.run.split("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.run.split("/")[1]
+
+    def __getattr__(self, item: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if item in sections:
+            return sections[item]
+        raise AttributeError(f"run config {self.__dict__.get('run', '')!r} has no section {item!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "run": self.run,
+            "scale": self.scale,
+            "title": self.title,
+            "description": self.description,
+            "paper": dict(self.paper),
+        }
+        for key, value in self.sections.items():
+            out[key] = dataclasses.asdict(value)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with floats like 1e-4 (YAML 1.1 would read them as strings)
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.load(Path(path).read_text(), Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such experiment file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _layers(doc: dict[str, Any], scale: str, path: Path) -> list[dict[str, Any]]:
+    doc = dict(doc)
+    scales = doc.pop("scales", {}) or {}
+    if not isinstance(scales, dict):
+        raise ConfigError(f"{path}: 'scales' must be a mapping")
+    for key in scales:
+        if key not in SCALES:
+            raise ConfigError(f"{path}: unknown scale 'scales.{key}' (expected one of {SCALES})")
+    wanted = {"cpu": ["cpu"], "smoke": ["cpu", "smoke"], "paper": ["paper"]}[scale]
+    return [doc] + [scales[s] or {} for s in wanted if s in scales]
+
+
+def experiments_dir(root: Path | None = None) -> Path:
+    return (root or REPO_ROOT) / "experiments"
+
+
+def list_runs(phase: str | None = None, root: Path | None = None) -> list[str]:
+    """All ``<phase>/<run>`` names, in phase order, then the order of the phase's ``runs:`` key."""
+    exp = experiments_dir(root)
+    phases = [phase] if phase else sorted(p.name for p in exp.iterdir() if p.is_dir())
+    out = []
+    for ph in phases:
+        base = read_yaml(exp / ph / "base.yaml")
+        names = base.get("runs") or sorted(p.stem for p in (exp / ph).glob("*.yaml"))
+        out += [f"{ph}/{n}" for n in names if n != "base"]
+    return out
+
+
+def merged_dict(run: str, scale: str = "cpu", root: Path | None = None) -> dict[str, Any]:
+    """The merged (untyped) mapping for ``run`` at ``scale``; ``run`` may be ``<phase>/base``."""
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r} (expected one of {SCALES})")
+    if run.count("/") != 1:
+        raise ConfigError(f"run must be '<phase>/<run>', got {run!r}")
+    phase, name = run.split("/")
+    exp = experiments_dir(root)
+    base_path = exp / phase / "base.yaml"
+    merged: dict[str, Any] = {}
+    for layer in _layers(read_yaml(base_path), scale, base_path):
+        merged = deep_merge(merged, layer)
+    if name != "base":
+        run_path = exp / phase / f"{name}.yaml"
+        for layer in _layers(read_yaml(run_path), scale, run_path):
+            merged = deep_merge(merged, layer)
+    for key in BOOK_KEYS:  # phase-level keys the runbook reads; not part of a run's config
+        merged.pop(key, None)
+    merged["run"], merged["scale"] = run, scale
+    return merged
+
+
+def load_run_config(run: str, scale: str = "cpu", overrides: dict[str, Any] | None = None,
+                    root: Path | None = None) -> RunConfig:
+    """Resolve ``experiments/<phase>/<run>.yaml`` at ``scale`` into a checked :class:`RunConfig`.
+
+    ``overrides`` maps dotted keys to values (``{"train.lr": 1e-3}``) and is applied last.
+    """
+    merged = merged_dict(run, scale, root)
+    for dotted, value in (overrides or {}).items():
+        merged = deep_merge(merged, _nest(dotted, value))
+    source = experiments_dir(root) / run.split("/")[0]
+    return config_from_dict(merged, source=str(source))
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from a plain mapping (e.g. a papermill parameter), checking it."""
+    data = dict(data)
+    top = {f.name for f in dataclasses.fields(RunConfig) if f.name != "sections"}
+    sections = {}
+    for key, value in data.items():
+        if key in top:
+            continue
+        if key not in _SECTION_TYPES:
+            raise ConfigError(f"{source}: unknown key {_suggest(key, top | set(_SECTION_TYPES))}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+        sections[key] = build_dataclass(section_type(key), value, key, source)
+    kwargs = {k: data[k] for k in top if k in data}
+    for key, expected in (("run", str), ("scale", str), ("title", str), ("description", str),
+                          ("paper", dict)):
+        if key in kwargs and not isinstance(kwargs[key], expected):
+            raise ConfigError(f"{source}: '{key}' must be {expected.__name__}, "
+                              f"got {type(kwargs[key]).__name__} {kwargs[key]!r}")
+    if kwargs.get("scale", "cpu") not in SCALES:
+        raise ConfigError(f"{source}: 'scale' must be one of {SCALES}, got {kwargs['scale']!r}")
+    return RunConfig(sections=sections, **kwargs)
+
+
+def _suggest(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, checking names and types recursively."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key {_suggest(f'{prefix}.{key}', {f'{prefix}.{n}' for n in names})}")
+        kwargs[key] = _check(value, hints[key], f"{prefix}.{key}", source)
+    return cls(**kwargs)
+
+
+def _check(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _type_error(value, tp, key, source)
+        return build_dataclass(tp, value, key, source)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(value, tp, key, source)
+        item = args[0] if args else Any
+        return [_check(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(value, tp, key, source)
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _check(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _type_error(value, tp, key, source)
+    if tp is int or tp is str or tp is bool:
+        if type(value) is tp:
+            return value
+        raise _type_error(value, tp, key, source)
+    return value
+
+
+def _type_error(value: Any, tp: Any, key: str, source: str) -> ConfigError:
+    name = getattr(tp, "__name__", str(tp))
+    return ConfigError(f"{source}: '{key}' expects {name}, got {type(value).__name__} {value!r}")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists stay values)."""
+    out = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def differs_from_base(cfg: RunConfig, root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Keys whose value differs from the phase base at the same scale: ``{key: {base, run}}``."""
+    base = config_from_dict(merged_dict(f"{cfg.phase}/base", cfg.scale, root)).to_dict()
+    run = cfg.to_dict()
+    fb, fr = flatten(base), flatten(run)
+    skip = {"run", "title", "description"}
+    return {
+        k: {"base": fb.get(k), "run": fr.get(k)}
+        for k in sorted(set(fb) | set(fr))
+        if k not in skip and not k.startswith("paper.") and fb.get(k) != fr.get(k)
+    }

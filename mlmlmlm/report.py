@@ -1,0 +1,204 @@
+"""Look-and-listen helpers shared by every chapter: audio player tables, spectrogram grids with one
+fixed dB range and colour map, the time-aligned multichannel view, and run metrics files.
+
+Introduced in notebook 01_dataset; used by every notebook so pictures compare across runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+# One look for every spectrogram in the book (so pictures compare across runs and chapters).
+DB_RANGE = (-100.0, 0.0)  # dB re full scale: a full-scale sine peaks at 0 dB
+CMAP = "magma"
+PANEL_SIZE = (3.0, 2.0)  # inches per spectrogram panel
+FMAX = {"audio": 11025.0, "emg": 500.0}  # Hz shown; surface EMG carries ~nothing above 500 Hz
+NFFT_SECONDS = {"audio": 2048 / 44100, "emg": 0.25}  # analysis window length per modality
+
+
+def wav_bytes(x: np.ndarray, sr: float) -> bytes:
+    """16-bit PCM WAV bytes of a mono signal ``x`` [T] in [-1, 1] (clipped)."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(x, dtype=np.float32), -1, 1), int(round(sr)), format="WAV",
+             subtype="PCM_16")
+    return buf.getvalue()
+
+
+def audio_tag(x: np.ndarray, sr: float) -> str:
+    """An ``<audio>`` element with the signal embedded as a WAV data URI (no files to ship)."""
+    b64 = base64.b64encode(wav_bytes(x, sr)).decode("ascii")
+    return (f'<audio controls preload="metadata" style="width:220px">'
+            f'<source src="data:audio/wav;base64,{b64}" type="audio/wav"></audio>')
+
+
+def audio_table(rows: Sequence[tuple[str, dict[str, np.ndarray]]], sr: float) -> Any:
+    """A table of audio players: one row per held-out window, one column per version.
+
+    Parameters
+    ----------
+    rows : sequence of ``(label, {column: signal [T]})``, e.g.
+        ``[("test/3 @ 12.0 s", {"original": x, "reconstruction": y}), ...]``.
+    sr : sample rate of every signal.
+
+    Returns
+    -------
+    IPython.display.HTML
+    """
+    from IPython.display import HTML
+
+    columns = list(rows[0][1]) if rows else []
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["window"] + columns)
+    body = "".join(
+        "<tr><td>" + html.escape(label) + "</td>"
+        + "".join(f"<td>{audio_tag(sig[c], sr)}</td>" for c in columns) + "</tr>"
+        for label, sig in rows
+    )
+    return HTML(f'<table class="mlmlmlm-players"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{body}</tbody></table>")
+
+
+def spectrogram_db(x: np.ndarray, sr: float, kind: str = "audio") -> tuple[np.ndarray, ...]:
+    """Magnitude spectrogram in dB re full scale with the book's fixed settings.
+
+    Returns ``(S_db [F, N], freqs [F], times [N])`` limited to ``FMAX[kind]``.
+    """
+    from scipy.signal import stft
+
+    n_fft = int(2 ** round(math.log2(max(16, NFFT_SECONDS[kind] * sr))))
+    f, t, z = stft(np.asarray(x, dtype=np.float64), fs=sr, nperseg=n_fft, noverlap=n_fft * 3 // 4,
+                   window="hann", boundary=None, padded=False)
+    # scipy scales by 1/sum(window); a full-scale sine then has |Z| = 0.5, hence the factor 2.
+    s_db = 20 * np.log10(np.maximum(2 * np.abs(z), 1e-10))
+    keep = f <= FMAX[kind]
+    return s_db[keep], f[keep], t
+
+
+def _draw_spec(ax, x: np.ndarray, sr: float, kind: str, title: str):
+    s_db, f, t = spectrogram_db(x, sr, kind)
+    im = ax.pcolormesh(t, f, s_db, vmin=DB_RANGE[0], vmax=DB_RANGE[1], cmap=CMAP, shading="auto")
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=6)
+    return im
+
+
+def spectrogram_grid(columns: Sequence[tuple[str, np.ndarray]], sr: float, kind: str = "audio",
+                     title: str = "", ncols: int | None = None):
+    """Spectrograms side by side with one fixed dB range and colour map.
+
+    Parameters
+    ----------
+    columns : sequence of ``(label, signal [T])``; pass originals and reconstructions interleaved
+        (``orig 1, recon 1, orig 2, recon 2, ...``) as in the paper's Appendix A-C.
+    sr : sample rate; ``kind`` : ``"audio"`` or ``"emg"`` (sets the analysis window and FMAX).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(columns)
+    ncols = ncols or n
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows),
+                             squeeze=False, sharey=True, constrained_layout=True)
+    im = None
+    for ax, (label, x) in zip(axes.flat, columns):
+        im = _draw_spec(ax, x, sr, kind, label)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Hz", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="dB re full scale")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def multichannel_view(audio: np.ndarray, audio_sr: float, emg: np.ndarray, emg_sr: float,
+                      names: Sequence[str], title: str = ""):
+    """Time-aligned view of one audio channel over six EMG channels (the paper's Figure 2).
+
+    Parameters
+    ----------
+    audio : [T_a] at ``audio_sr``; emg : [C, T_e] at ``emg_sr``; names : C + 1 channel names.
+    """
+    import matplotlib.pyplot as plt
+
+    c = emg.shape[0]
+    fig, axes = plt.subplots(c + 1, 1, figsize=(10, 1.0 * (c + 1)), sharex=True,
+                             constrained_layout=True)
+    ta = np.arange(len(audio)) / audio_sr
+    te = np.arange(emg.shape[1]) / emg_sr
+    axes[0].plot(ta, audio, lw=0.3, color="k")
+    for i in range(c):
+        axes[i + 1].plot(te, emg[i], lw=0.3, color=f"C{i}")
+    for ax, name in zip(axes, names):
+        ax.set_ylabel(name.replace("emg_", ""), rotation=0, ha="right", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_yticks([])
+    axes[-1].set_xlabel("time (s)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                   floatfmt: str = ".4g") -> str:
+    """A GitHub/MyST markdown table; missing values print as an em dash, like the paper's tables."""
+    columns = list(columns or (list(rows[0]) if rows else []))
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "—"
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` atomically (tmp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+METRICS_FILE = "final_metrics.json"
+
+
+def save_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """Record a run's final metrics where the runbook collects them for the run card."""
+    path = Path(run_dir) / METRICS_FILE
+    write_json_atomic(path, metrics)
+    return path

@@ -1,0 +1,295 @@
+"""The runbook: execute a phase notebook with papermill for one experiment, write its run card,
+regenerate the phase's results table, and build the Jupyter Book.
+
+Introduced in notebook 01_dataset (every chapter's run pages are written by it).
+
+Output layout under a *book root* (the repository, or a temporary folder with ``--smoke``)::
+
+    <root>/book/<phase>/runs/<run>.ipynb   executed notebook (the run page)
+    <root>/book/<phase>/runs/<run>.json    run card
+    <root>/book/<phase>/results.md         table regenerated from all cards of the phase
+    <root>/runs/<phase>/<run>/             checkpoints, metrics.jsonl, final_metrics.json
+    <root>/data/...                        the corpus the runs read
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from mlmlmlm.config import (
+    REPO_ROOT,
+    RunConfig,
+    differs_from_base,
+    list_runs,
+    load_run_config,
+    read_yaml,
+)
+from mlmlmlm.report import METRICS_FILE, markdown_table, write_json_atomic
+
+VERSIONED = ("mlmlmlm", "torch", "numpy", "scipy", "librosa", "vector-quantize-pytorch",
+             "auraloss", "music21", "tinysoundfont", "papermill", "jupyter-book")
+
+
+class RunbookError(RuntimeError):
+    """A run failed; the message is one line naming the run and where to look."""
+
+
+def default_data_root(root: Path, smoke: bool) -> Path:
+    return root / "data" / ("smoke" if smoke else "default")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def ensure_corpus(data_root: Path, smoke: bool, log: Callable[[str], None] = print) -> Path:
+    """Build the default corpus at ``data_root`` unless one with the same settings is there.
+
+    The corpus settings come from ``experiments/01_dataset/base.yaml`` (``corpus:``) at the
+    ``smoke`` or ``cpu`` scale. The build goes to a sibling temp folder and is renamed into
+    place, so an interrupted build never leaves half a corpus behind.
+    """
+    from mlmlmlm.data.synth.build import build_corpus
+
+    cfg = load_run_config("01_dataset/base", "smoke" if smoke else "cpu").corpus
+    manifest = data_root / "corpus.json"
+    if manifest.exists():
+        have = json.loads(manifest.read_text())
+        if have.get("seed") == cfg.seed and float(have.get("minutes", -1)) == cfg.minutes:
+            return data_root
+        log(f"corpus at {data_root} was built with other settings; rebuilding")
+    data_root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{data_root.name}-", dir=data_root.parent))
+    t0 = time.time()
+    log(f"building corpus ({cfg.minutes} min, seed {cfg.seed}) -> {data_root}")
+    build_corpus(tmp, minutes=cfg.minutes, seed=cfg.seed, progress=not smoke)
+    if data_root.exists():
+        shutil.rmtree(data_root)
+    os.replace(tmp, data_root)
+    log(f"corpus built in {time.time() - t0:.0f} s")
+    return data_root
+
+
+def _config_hash(cfg: RunConfig, notebook: Path, data_root: Path) -> str:
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update(notebook.read_bytes())
+    manifest = data_root / "corpus.json"
+    if manifest.exists():
+        h.update(manifest.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
+                   root: Path | None = None, data_root: Path | None = None,
+                   scale: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Execute ``notebooks/<phase>.ipynb`` for ``run`` and write its page, card and results.
+
+    Skips the run (returns the existing card) when a card with the same config, notebook and
+    corpus already exists, unless ``force``. Raises :class:`RunbookError` when the notebook fails;
+    the partly executed page is kept for inspection.
+    """
+    import papermill
+
+    root = Path(root or REPO_ROOT)
+    scale = "smoke" if smoke else scale
+    cfg = load_run_config(run, scale)
+    data_root = Path(data_root or default_data_root(root, smoke)).resolve()
+    notebook = REPO_ROOT / "notebooks" / f"{cfg.phase}.ipynb"
+    out_dir = root / "book" / cfg.phase / "runs"
+    out_nb, card_path = out_dir / f"{cfg.name}.ipynb", out_dir / f"{cfg.name}.json"
+    run_dir = (root / "runs" / cfg.phase / cfg.name).resolve()
+    chash = _config_hash(cfg, notebook, data_root)
+    if card_path.exists() and out_nb.exists() and not force:
+        card = json.loads(card_path.read_text())
+        if card.get("config_hash") == chash and card.get("status") == "ok":
+            log(f"{run}: up to date (card {card_path}); --force to run again")
+            return card
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    params = {"run": run, "scale": scale, "smoke": smoke, "config": cfg.to_dict(),
+              "run_dir": str(run_dir), "data_root": str(data_root)}
+    # The kernel must be this interpreter's: put its bin folder first on PATH.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    t0 = time.time()
+    status, error = "ok", None
+    try:
+        papermill.execute_notebook(str(notebook), str(out_nb), parameters=params,
+                                   kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False,
+                                   log_output=False)
+    except papermill.PapermillExecutionError as exc:
+        status = "failed"
+        error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}".splitlines()[0]
+    wall = time.time() - t0
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    if status == "ok" and not metrics:
+        status, error = "failed", f"notebook wrote no {METRICS_FILE} in {run_dir}"
+    card = {
+        "run": run, "phase": cfg.phase, "name": cfg.name, "title": cfg.title,
+        "description": cfg.description, "scale": scale, "smoke": smoke, "status": status,
+        "error": error, "params": cfg.to_dict(), "differs_from_base": differs_from_base(cfg),
+        "metrics": metrics, "paper": cfg.paper, "git_sha": git_sha(), "device": device_name(),
+        "wall_s": round(wall, 2), "versions": package_versions(), "config_hash": chash,
+        "page": str(out_nb.relative_to(root)), "run_dir": str(run_dir),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json_atomic(card_path, card)
+    write_results(cfg.phase, root)
+    if status != "ok":
+        raise RunbookError(f"{run}: notebook failed at {error} (see {out_nb})")
+    return card
+
+
+def write_results(phase: str, root: Path | None = None) -> Path:
+    """Regenerate ``book/<phase>/results.md`` from every run card of the phase.
+
+    Columns come from the ``table:`` list in ``experiments/<phase>/base.yaml``
+    (``- {key: metrics.mrstft, label: MRSTFT}``); the paper's own values for the same rows follow
+    in a second table so the two can be read side by side.
+    """
+    root = Path(root or REPO_ROOT)
+    base = read_yaml(REPO_ROOT / "experiments" / phase / "base.yaml")
+    columns = base.get("table") or []
+    cards = []
+    for run in list_runs(phase):
+        path = root / "book" / phase / "runs" / f"{run.split('/')[1]}.json"
+        if path.exists():
+            cards.append(json.loads(path.read_text()))
+    labels = ["run"] + [c["label"] for c in columns]
+    ours, paper = [], []
+    for card in cards:
+        row = {"run": f"[{card['title'] or card['name']}](runs/{card['name']}.ipynb)"}
+        prow = {"run": card["title"] or card["name"]}
+        for col in columns:
+            section, _, key = col["key"].partition(".")
+            row[col["label"]] = card.get(section, {}).get(key) if section != "paper" else None
+            prow[col["label"]] = card.get("paper", {}).get(key)
+        if card.get("status") != "ok":
+            row["run"] += " (failed)"
+        ours.append(row)
+        paper.append(prow)
+    title = base.get("chapter_title", phase)
+    lines = [f"# Results: {title}", "",
+             "Generated by the runbook from the run cards of this chapter; do not edit by hand.",
+             ""]
+    if not cards:
+        lines += ["No runs have been executed yet: `mlmlmlm run <phase>/<run>` writes them.", ""]
+    else:
+        scales = sorted({c["scale"] for c in cards})
+        lines += [f"## Our runs ({', '.join(scales)} scale)", "", markdown_table(ours, labels), ""]
+        if any(any(v is not None for k, v in r.items() if k != "run") for r in paper):
+            lines += ["## The paper's values for the same rows", "",
+                      f"As reported in {base.get('paper_table', 'the paper')} "
+                      "(full scale, GPU, about 100–186 epochs).", "",
+                      markdown_table(paper, labels), ""]
+        lines += ["## Run cards", ""]
+        for card in cards:
+            diff = ", ".join(f"`{k}`={v['run']!r}" for k, v in card["differs_from_base"].items())
+            lines.append(f"- **{card['title'] or card['name']}** ({card['status']}, "
+                         f"{card['wall_s']:.0f} s on {card['device']}, git {card['git_sha'][:12]}):"
+                         f" differs from base in {diff or 'nothing'}.")
+        lines.append("")
+    out = root / "book" / phase / "results.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out)
+    return out
+
+
+def prepare_root(out: Path) -> Path:
+    """Copy the hand-written book sources into ``out`` (a fresh book root for ``--smoke``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO_ROOT / name, out / name)
+    shutil.copytree(REPO_ROOT / "book", out / "book", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("runs", "results.md", "_build"))
+    return out
+
+
+def build_book(root: Path, log: Callable[[str], None] = print) -> Path:
+    """``jupyter-book build <root> -W -n --keep-going``; returns ``_build/html/index.html``."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "-W", "-n",
+           "--keep-going"]
+    log("building the book: " + " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise RunbookError(f"jupyter-book build failed for {root}:\n{tail}")
+    return root / "_build" / "html" / "index.html"
+
+
+def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | None = None,
+             force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Run every experiment of every phase (or ``only`` these), then build the book.
+
+    With ``smoke`` everything goes to ``out`` (default: a new temporary folder), not ``book/``.
+    Prints one line per run with its elapsed time. Returns the path of ``index.html``.
+    """
+    if smoke:
+        root = prepare_root(Path(out) if out else Path(tempfile.mkdtemp(prefix="mlmlmlm-smoke-")))
+    else:
+        root = Path(out) if out else REPO_ROOT
+        if root != REPO_ROOT:
+            prepare_root(root)
+    runs = only or list_runs()
+    data_root = ensure_corpus(default_data_root(root, smoke), smoke, log)
+    failures = []
+    t_all = time.time()
+    for i, run in enumerate(runs, 1):
+        t0 = time.time()
+        try:
+            skipped: list[str] = []
+            run_experiment(run, smoke=smoke, force=force, root=root, data_root=data_root,
+                           log=skipped.append)
+            note = "up to date" if skipped else "ok"
+        except RunbookError as exc:
+            failures.append(str(exc))
+            note = "FAILED"
+        log(f"[{i}/{len(runs)}] {run}: {note} in {time.time() - t0:.0f} s "
+            f"(total {time.time() - t_all:.0f} s)")
+    for phase in sorted({r.split("/")[0] for r in list_runs()}):
+        write_results(phase, root)
+    if failures:
+        raise RunbookError(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
+    index = build_book(root, log)
+    log(f"book: {index}")
+    return index

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages: the sampled viola (FluidR3), Chromium for the browser tests, libsndfile.
 APT_PACKAGES := fluid-soundfont-gm chromium chromium-driver libsndfile1
 
-.PHONY: install system book test lab smoke bench clean-book
+.PHONY: install book test lab smoke bench clean-book notebooks
 
 install: $(STAMP)
 
@@ -41,3 +41,7 @@ lab: install
 
 clean-book:
 	rm -rf _build book/*/runs book/*/results.md
+
+# Regenerate each .ipynb from its py:percent source (outputs stripped), keeping pairs in sync.
+notebooks: install
+	$(BIN)/jupytext --quiet --to ipynb notebooks/*.py

@@ -1,0 +1,179 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The default corpus
+#
+# This page shows the corpus every later chapter trains on: seven time-aligned channels (viola
+# audio and six surface-EMG placements), how they were made, what they look and sound like, and
+# how the synthetic EMG compares with real surface EMG. The runbook executes it with the
+# parameters below; in JupyterLab, run it top to bottom as it is.
+
+# %% tags=["parameters"]
+run = "01_dataset/default"  # <phase>/<run>: the experiment this page shows
+scale = "cpu"  # "cpu" (laptop sizes) or "paper"
+smoke = True  # tiny sizes for tests and `mlmlmlm book --smoke`
+config = {}  # resolved config injected by the runbook; {} = resolve `run` here
+run_dir = ""  # where metrics go; "" = runs/<phase>/<run>
+data_root = ""  # corpus folder; "" = data/default (data/smoke when smoke)
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+from mlmlmlm import report
+from mlmlmlm.data import stats
+from mlmlmlm.data.synth import plux
+from mlmlmlm.notebook import setup
+from mlmlmlm.runbook import ensure_corpus
+
+S = setup(run, scale, smoke, config, run_dir, data_root)
+ensure_corpus(S.data_root, S.smoke)
+man = stats.manifest(S.data_root)
+recs = stats.load_all(S.data_root)
+
+# %% [markdown]
+# ## How this corpus was made
+#
+# The manifest records the seed, the size, the sound source and how long the build took. Building
+# it again with the same seed gives byte-identical files.
+
+# %%
+info = {"recordings": len(man["recordings"]), "paired minutes (requested)": man["minutes"],
+        "seed": man["seed"], "audio rate (Hz)": man["audio_sr"], "EMG rate (Hz)": man["emg_sr"],
+        "sound source": man["sound_source"], "build time (s)": round(man["build"]["seconds"], 1)}
+display(Markdown(report.markdown_table([info])))
+display(Markdown("**Channels:** " + ", ".join(f"`{c}`" for c in man["channels"])))
+
+# %% [markdown]
+# ## Size of each split
+#
+# Splits are by recording. Windows are the paper's six-second windows with a three-second hop;
+# `test_real` is the held-out split whose dynamics follow real PLUX EMG.
+
+# %%
+w = S.cfg.data
+splits = stats.split_table(recs, w.window_s, w.window_hop_s)
+display(Markdown(report.markdown_table(splits, floatfmt=".2f")))
+
+# %% [markdown]
+# ## Seven channels, time-aligned
+#
+# One held-out window, drawn like the paper's Figure 2: the viola on top, the six EMG placements
+# below on the same time axis.
+
+# %%
+examples = stats.example_windows(recs, S.cfg.eval.split, S.cfg.eval.n_examples, w.window_s)
+ex = examples[0]
+fig = report.multichannel_view(ex.audio, ex.audio_sr, ex.emg, ex.emg_sr, man["channels"],
+                               title=ex.label)
+plt.show()
+
+# %% [markdown]
+# The ground-truth control curves that drove this window (kept with every recording):
+
+# %%
+keys = ["bow_force", "bow_velocity", "vibrato_depth", "pitch", "loudness_db"]
+fig, axes = plt.subplots(len(keys), 1, figsize=(10, 4.5), sharex=True, constrained_layout=True)
+for ax, key in zip(axes, keys):
+    curve = ex.controls[key]
+    ax.plot(np.arange(len(curve)) / ex.control_rate, curve, lw=0.8)
+    ax.set_ylabel(key, rotation=0, ha="right", fontsize=7)
+axes[-1].set_xlabel("time (s)")
+plt.show()
+
+# %% [markdown]
+# ## Spectrograms of every channel
+#
+# Same window, one fixed dB range and colour map for the whole book. EMG is shown up to 500 Hz:
+# the BITalino sensor band ends around 480 Hz.
+
+# %%
+fig = report.spectrogram_grid([("audio", ex.audio)], ex.audio_sr, "audio", title=ex.label)
+plt.show()
+fig = report.spectrogram_grid(list(zip(man["channels"][1:], ex.emg)), ex.emg_sr, "emg",
+                              ncols=3)
+plt.show()
+
+# %% [markdown]
+# ## Listen
+#
+# The fixed list of held-out windows used by every chapter, and windows of the real-EMG-driven
+# split.
+
+# %%
+real = stats.example_windows(recs, "test_real", 2, w.window_s)
+rows = [(e.label, {"audio": e.audio}) for e in examples + real]
+display(report.audio_table(rows, ex.audio_sr))
+
+# %% [markdown]
+# ## Channel statistics
+#
+# Over the synthetic-driven splits: RMS in dB re full scale, the median frequency of the power
+# spectrum, and the share of power at 50 Hz and its harmonics (mains hum, before the notch filter
+# that the data layer applies when training).
+
+# %%
+chans = stats.channel_table(recs, man["channels"])
+display(Markdown(report.markdown_table(chans, floatfmt=".3g")))
+
+# %% [markdown]
+# ## Synthetic EMG against real surface EMG
+#
+# The PLUX recordings shipped with `biosignalsnotebooks` are real surface EMG (adductor pollicis
+# and biceps brachii, 1 kHz). Both are compared at 1 kHz: spectra, median frequency, RMS and the
+# shape of the amplitude distribution (kurtosis; a Gaussian has 3).
+
+# %%
+cmp = plux.compare_synthetic_to_real(S.data_root)
+display(Markdown(report.markdown_table(cmp.reset_index().to_dict("records"), floatfmt=".3g")))
+
+# %%
+real_recs = plux.load_plux()
+syn = np.concatenate([r.emg for r in recs if r.split != "test_real"], axis=1)
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2), constrained_layout=True)
+for c in range(syn.shape[0]):
+    f, p = plux.psd(syn[c], recs[0].emg_sr)
+    a1.semilogy(f, p / p.sum(), lw=0.8, label=man["channels"][c + 1].replace("emg_", ""))
+for r in real_recs:
+    f, p = plux.psd(r.emg, r.fs)
+    a1.semilogy(f, p / p.sum(), "k--", lw=0.8, alpha=0.6)
+a1.set(xlim=(0, 500), xlabel="Hz", ylabel="normalised PSD", title="spectra (dashed: real PLUX)")
+a1.legend(fontsize=6)
+for x, style in [(syn[0], "C0"), (real_recs[0].emg, "k")]:
+    z = (x - x.mean()) / x.std()
+    a2.hist(z, bins=120, range=(-6, 6), density=True, histtype="step", color=style, log=True)
+a2.set(xlabel="amplitude / std", title="amplitude distribution (black: real)")
+plt.show()
+
+# %% [markdown]
+# ## What this corpus cannot show
+#
+# It is not a violist's body: the link from muscles to sound here is the plan we wrote, simpler
+# and more regular than a player's, and the EMG model only approximates placement, skin, fatigue
+# and cross-talk. Read the later chapters' numbers as tests of the machinery on a known ground
+# truth, and bring real recordings (see the README) to test the music.
+
+# %%
+syn_mf = cmp.loc[cmp["source"] == "synthetic", "median_freq_hz"].mean()
+real_mf = cmp.loc[cmp["source"] == "real", "median_freq_hz"].mean()
+by_split = {r["split"]: r["windows"] for r in splits}
+metrics = {"recordings": len(recs), "minutes_paired": sum(r["minutes"] for r in splits
+                                                          if r["split"] != "test_real"),
+           **{f"windows_{k}": v for k, v in by_split.items()},
+           "emg_median_freq_synthetic_hz": float(syn_mf), "emg_median_freq_real_hz": float(real_mf),
+           "build_seconds": float(man["build"]["seconds"]), "sound_source": man["sound_source"]}
+report.save_metrics(S.run_dir, metrics)
+pd.Series(metrics)

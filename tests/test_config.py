@@ -1,0 +1,139 @@
+"""Config merge order, typed checking and error messages (mlmlmlm.config)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlmlmlm.config import (
+    ConfigError,
+    config_from_dict,
+    differs_from_base,
+    list_runs,
+    load_run_config,
+    merged_dict,
+)
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    path = root / "experiments" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture
+def exp(tmp_path):
+    _write(tmp_path, "09_toy/base.yaml", """
+runs: [b_run, a_run]
+table: [{key: metrics.x, label: X}]
+title: toy
+corpus: {minutes: 10.0, seed: 1}
+eval: {n_windows: 64, split: test}
+scales:
+  cpu: {corpus: {minutes: 5.0}}
+  smoke: {corpus: {minutes: 0.5}, eval: {n_windows: 8}}
+  paper: {corpus: {minutes: 130.0}}
+""")
+    _write(tmp_path, "09_toy/a_run.yaml", """
+title: A
+corpus: {seed: 2}
+eval: {inspection_threshold: 1e-1}
+scales:
+  cpu: {eval: {n_examples: 2}}
+""")
+    _write(tmp_path, "09_toy/b_run.yaml", "title: B\n")
+    return tmp_path
+
+
+def test_merge_order_base_scale_run(exp):
+    cpu = load_run_config("09_toy/a_run", "cpu", root=exp)
+    assert cpu.corpus.minutes == 5.0  # base.scales.cpu over base
+    assert cpu.corpus.seed == 2  # run over base
+    assert cpu.eval.n_examples == 2  # run.scales.cpu
+    assert cpu.eval.inspection_threshold == pytest.approx(0.1)  # 1e-1 parsed as a float
+    smoke = load_run_config("09_toy/a_run", "smoke", root=exp)
+    assert smoke.corpus.minutes == 0.5 and smoke.eval.n_windows == 8
+    assert smoke.eval.n_examples == 2  # smoke is layered on cpu
+    paper = load_run_config("09_toy/a_run", "paper", root=exp)
+    assert paper.corpus.minutes == 130.0 and paper.eval.n_examples == 4
+
+
+def test_runs_listed_in_declared_order(exp):
+    assert list_runs("09_toy", root=exp) == ["09_toy/b_run", "09_toy/a_run"]
+
+
+def test_book_keys_are_not_config(exp):
+    merged = merged_dict("09_toy/a_run", "cpu", root=exp)
+    assert "table" not in merged and "runs" not in merged
+
+
+def test_unknown_key_names_file_and_key(exp):
+    _write(exp, "09_toy/bad.yaml", "corpus: {minuts: 3.0}\n")
+    with pytest.raises(ConfigError, match=r"09_toy: unknown key 'corpus.minuts' "
+                                          r"\(did you mean 'corpus.minutes'\?\)"):
+        load_run_config("09_toy/bad", root=exp)
+
+
+def test_unknown_section(exp):
+    _write(exp, "09_toy/bad.yaml", "corpuss: {minutes: 3.0}\n")
+    with pytest.raises(ConfigError, match="unknown key 'corpuss'"):
+        load_run_config("09_toy/bad", root=exp)
+
+
+def test_wrong_type_names_key(exp):
+    _write(exp, "09_toy/bad.yaml", "corpus: {seed: 'zero'}\n")
+    with pytest.raises(ConfigError, match=r"'corpus.seed' expects int, got str 'zero'"):
+        load_run_config("09_toy/bad", root=exp)
+    _write(exp, "09_toy/bad.yaml", "eval: {n_windows: true}\n")
+    with pytest.raises(ConfigError, match=r"'eval.n_windows' expects int, got bool"):
+        load_run_config("09_toy/bad", root=exp)
+
+
+def test_int_is_accepted_for_float(exp):
+    _write(exp, "09_toy/ok.yaml", "corpus: {minutes: 3}\n")
+    cfg = load_run_config("09_toy/ok", root=exp)
+    assert cfg.corpus.minutes == 3.0 and isinstance(cfg.corpus.minutes, float)
+
+
+def test_unknown_scale_and_missing_file(exp):
+    _write(exp, "09_toy/bad.yaml", "scales: {laptop: {}}\n")
+    with pytest.raises(ConfigError, match="unknown scale 'scales.laptop'"):
+        load_run_config("09_toy/bad", root=exp)
+    with pytest.raises(ConfigError, match="no such experiment file"):
+        load_run_config("09_toy/nope", root=exp)
+    with pytest.raises(ConfigError, match="run must be '<phase>/<run>'"):
+        load_run_config("nophase", root=exp)
+
+
+def test_invalid_yaml_is_one_line(exp):
+    _write(exp, "09_toy/bad.yaml", "corpus: {minutes: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_run_config("09_toy/bad", root=exp)
+    assert "\n" not in str(info.value)
+
+
+def test_overrides_and_round_trip(exp):
+    cfg = load_run_config("09_toy/b_run", "cpu", overrides={"corpus.seed": 7}, root=exp)
+    assert cfg.corpus.seed == 7
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again.to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_run_config("09_toy/b_run", overrides={"corpus.nope": 1}, root=exp)
+
+
+def test_differs_from_base(exp, monkeypatch):
+    import mlmlmlm.config as config
+
+    monkeypatch.setattr(config, "REPO_ROOT", exp)
+    cfg = load_run_config("09_toy/a_run", "cpu", root=exp)
+    diff = differs_from_base(cfg)
+    assert diff == {"corpus.seed": {"base": 1, "run": 2},
+                    "eval.inspection_threshold": {"base": 0.5, "run": 0.1},
+                    "eval.n_examples": {"base": 4, "run": 2}}
+
+
+def test_every_repository_experiment_resolves_at_every_scale():
+    for run in list_runs():
+        for scale in ("cpu", "smoke", "paper"):
+            cfg = load_run_config(run, scale)
+            assert cfg.run == run and cfg.title, run

@@ -263,7 +263,10 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str, source: str) -
         if key not in names:
             raise ConfigError(f"{source}: unknown key {_suggest(f'{prefix}.{key}', {f'{prefix}.{n}' for n in names})}")
         kwargs[key] = _check(value, hints[key], f"{prefix}.{key}", source)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # the dataclass's own checks (__post_init__)
+        raise ConfigError(f"{source}: '{prefix}': {exc}") from None
 
 
 def _check(value: Any, tp: Any, key: str, source: str) -> Any:

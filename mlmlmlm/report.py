@@ -196,6 +196,25 @@ def _json_default(o: Any) -> Any:
 
 METRICS_FILE = "final_metrics.json"
 
+# Named column sets for a phase's results table (``table: codec`` in experiments/<phase>/base.yaml):
+# the loss columns of the paper's Tables 2, 4 and 6, then our held-out identifiability and the
+# inspection verdict computed from it, beside the paper's own verdict.
+TABLES = {
+    "codec": [
+        {"key": "metrics.epochs", "label": "epochs"},
+        {"key": "metrics.mrstft", "label": "MRSTFT ↓"},
+        {"key": "metrics.kl", "label": "KL ↓"},
+        {"key": "metrics.quantizer", "label": "quantizer ↓"},
+        {"key": "metrics.adversarial", "label": "adversarial ↓"},
+        {"key": "metrics.feature_matching", "label": "feature-matching ↓"},
+        {"key": "metrics.disc", "label": "disc. ↓"},
+        {"key": "metrics.train", "label": "train ↓"},
+        {"key": "metrics.identifiability_audio", "label": "identifiability (audio) ↑"},
+        {"key": "metrics.identifiability_emg", "label": "identifiability (EMG, mean) ↑"},
+        {"key": "metrics.inspection", "label": "inspection"},
+    ],
+}
+
 
 def save_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     """Record a run's final metrics where the runbook collects them for the run card."""

@@ -35,7 +35,7 @@ from mlmlmlm.config import (
     load_run_config,
     read_yaml,
 )
-from mlmlmlm.report import METRICS_FILE, markdown_table, write_json_atomic
+from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table, write_json_atomic
 
 VERSIONED = ("mlmlmlm", "torch", "numpy", "scipy", "librosa", "vector-quantize-pytorch",
              "auraloss", "music21", "tinysoundfont", "papermill", "jupyter-book")
@@ -187,6 +187,8 @@ def write_results(phase: str, root: Path | None = None) -> Path:
     root = Path(root or REPO_ROOT)
     base = read_yaml(REPO_ROOT / "experiments" / phase / "base.yaml")
     columns = base.get("table") or []
+    if isinstance(columns, str):
+        columns = TABLES[columns]
     cards = []
     for run in list_runs(phase):
         path = root / "book" / phase / "runs" / f"{run.split('/')[1]}.json"

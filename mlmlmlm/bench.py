@@ -1,0 +1,139 @@
+"""Benchmarks that print JSON: codec training throughput, encode/decode real-time factor, and the
+fused Snake against the plain elementwise Snake measured side by side in one run.
+
+Introduced in notebook 02_audio_codec (``mlmlmlm bench codec --json``). Numbers are for the
+machine they ran on; compare ratios measured in one run, never absolute times across machines.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import torch
+
+from mlmlmlm.config import load_run_config
+
+# (run, scales) measured: the audio codec and both EMG codecs (upsampled and native rate).
+BENCH_RUNS = ("02_audio_codec/a_rvq_vae_1", "04_emg_codec/emg_rvq_vae",
+              "04_emg_codec/emg_rvq_vae_native")
+
+
+def _median_time(fn: Callable[[], None], reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _models(run: str, scale: str):
+    from mlmlmlm.experiment import build_codec, build_loss
+
+    cfg = load_run_config(run, scale)
+    return cfg, build_codec(cfg), build_loss(cfg)
+
+
+def bench_codec_run(run: str, scale: str, batch: int | None = None, seconds: float | None = None,
+                    reps: int = 3) -> dict:
+    """Training samples/s (generator step, no discriminator), encode and decode real-time factor.
+
+    ``seconds`` of signal per item (default: the config's training segment), ``batch`` items.
+    """
+    cfg, model, loss = _models(run, scale)
+    sr = cfg.model.sample_rate
+    seg = int(seconds * sr) if seconds else cfg.data.segment
+    seg = max(cfg.model.hop, seg // cfg.model.hop * cfg.model.hop)
+    b = batch or cfg.train.batch_size
+    x = torch.randn(b, cfg.model.in_channels, seg) * 0.1
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    model.train()
+
+    def step():
+        out = model(x)
+        terms = loss.generator(x, out, step=0)
+        opt.zero_grad(set_to_none=True)
+        terms["train"].backward()
+        opt.step()
+
+    t_train = _median_time(step, reps)
+    model.eval()
+    with torch.inference_mode():
+        t_enc = _median_time(lambda: model.encode(x), reps)
+        z = model.encode(x).z
+        t_dec = _median_time(lambda: model.decode(z), reps)
+    dur = b * seg / sr
+    return {"run": run, "scale": scale, "params": model.num_params(), "hop": cfg.model.hop,
+            "sample_rate": sr, "batch": b, "segment": seg,
+            "train_samples_per_s": b * seg / t_train, "train_step_s": t_train,
+            "encode_rtf": t_enc / dur, "decode_rtf": t_dec / dur,
+            "encode_gflop_per_s_of_signal": _flops_per_second(model, cfg) / 1e9}
+
+
+def _flops_per_second(model, cfg) -> float:
+    """Multiply-accumulates x2 of the encoder's convolutions per second of input (analytic)."""
+    total, rate = 0.0, float(cfg.model.sample_rate)
+    x = torch.zeros(1, cfg.model.in_channels, cfg.model.hop * 4)
+    hooks = []
+
+    def hook(mod, inp, out):
+        nonlocal total
+        k = mod.kernel_size[0]
+        total += 2.0 * out.shape[-1] * out.shape[1] * (inp[0].shape[1] // mod.groups) * k
+
+    for m in model.encoder.modules():
+        if isinstance(m, torch.nn.Conv1d):
+            hooks.append(m.register_forward_hook(hook))
+    with torch.inference_mode():
+        model.encoder(x)
+    for h in hooks:
+        h.remove()
+    return total / (x.shape[-1] / rate)
+
+
+def bench_snake(channels: int = 128, length: int = 65536, reps: int = 7) -> dict:
+    """Forward+backward of the fused Snake vs the plain elementwise Snake, interleaved."""
+    from mlmlmlm.nn.layers import snake_fused, snake_plain
+
+    x = torch.randn(4, channels, length, requires_grad=True)
+    alpha = torch.rand(1, channels, 1, requires_grad=True) + 0.5
+    beta = torch.rand(1, channels, 1, requires_grad=True) + 0.5
+
+    def run(fn):
+        def go():
+            fn(x, alpha, beta).sum().backward()
+        return go
+
+    plain, fused = [], []
+    for _ in range(reps):  # interleave so machine noise hits both alike
+        plain.append(_median_time(run(snake_plain), 1, warmup=0))
+        fused.append(_median_time(run(snake_fused), 1, warmup=0))
+    plain.sort()
+    fused.sort()
+    p, f = plain[reps // 2], fused[reps // 2]
+    return {"shape": [4, channels, length], "plain_s": p, "fused_s": f, "fused_speedup": p / f}
+
+
+def bench_codec(scales: tuple[str, ...] = ("cpu", "paper")) -> dict:
+    """Everything ``mlmlmlm bench codec --json`` prints."""
+    torch.manual_seed(0)
+    out = {"device": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+           "snake": bench_snake(), "runs": []}
+    for scale in scales:
+        for run in BENCH_RUNS:
+            # paper scale on CPU: one short item, so the benchmark finishes in minutes
+            kw = {"batch": 1, "seconds": 0.75, "reps": 1} if scale == "paper" else {}
+            out["runs"].append(bench_codec_run(run, scale, **kw))
+    by = {(r["run"], r["scale"]): r for r in out["runs"]}
+    for scale in scales:
+        up = by.get(("04_emg_codec/emg_rvq_vae", scale))
+        nat = by.get(("04_emg_codec/emg_rvq_vae_native", scale))
+        if up and nat:
+            out[f"emg_native_compute_saving_{scale}"] = (
+                up["encode_gflop_per_s_of_signal"] / nat["encode_gflop_per_s_of_signal"])
+    return out

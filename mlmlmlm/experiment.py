@@ -1,0 +1,143 @@
+"""One experiment from its resolved config: build the codec and its loss, train it with the one
+training loop, rebuild it from its checkpoint, evaluate it on the fixed held-out windows, and
+produce the row of the chapter's results table.
+
+Introduced in notebook 02_audio_codec; 03_emg_audio_codec and 04_emg_codec call the same
+functions (the phase differs only by configuration).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlmlmlm.config import REPO_ROOT, RunConfig, config_from_dict, load_run_config
+
+# Loss columns of the paper's Tables 2, 4 and 6, in order (absent terms show as an em dash).
+LOSS_KEYS = ("mrstft", "kl", "quantizer", "adversarial", "feature_matching", "disc", "train")
+
+
+def data_config(cfg: RunConfig, data_root: str | Path):
+    """The run's data section pointed at ``data_root``."""
+    return dataclasses.replace(cfg.data, root=str(data_root))
+
+
+def build_codec(cfg: RunConfig):
+    from mlmlmlm.models.codec import Codec
+
+    return Codec(cfg.model)
+
+
+def build_loss(cfg: RunConfig):
+    from mlmlmlm.losses import CodecLoss
+
+    return CodecLoss.for_codec(cfg.loss, cfg.model)
+
+
+def check_consistent(cfg: RunConfig) -> None:
+    """The data section must feed what the model expects (channels and sample rate)."""
+    d, m = cfg.data, cfg.model
+    if d.channels != m.in_channels:
+        raise ValueError(f"{cfg.run}: data.modality {d.modality!r} gives {d.channels} channels "
+                         f"but model.in_channels is {m.in_channels}")
+    if float(d.sr) != float(m.sample_rate):
+        raise ValueError(f"{cfg.run}: data rate {d.sr} Hz != model.sample_rate {m.sample_rate}")
+
+
+def train_codec(cfg: RunConfig, run_dir: str | Path, data_root: str | Path,
+                progress: bool = True, resume: bool = True):
+    """Train the run's codec into ``run_dir`` (resuming a checkpoint there when present).
+
+    Returns
+    -------
+    mlmlmlm.train.TrainResult
+    """
+    from mlmlmlm.data.dataset import WindowDataset
+    from mlmlmlm.train import CodecTask, train
+
+    check_consistent(cfg)
+    data = WindowDataset(data_config(cfg, data_root), "train", train=True)
+    task = CodecTask(build_codec(cfg), build_loss(cfg))
+    return train(task, data, cfg.train, Path(run_dir), extra=cfg.to_dict(), resume=resume,
+                 progress=progress)
+
+
+def train_run(run: str, scale: str = "cpu", run_dir: Path | None = None,
+              data_root: Path | None = None):
+    """``mlmlmlm train <phase>/<run>``: train without a notebook (works under ``torchrun``)."""
+    cfg = load_run_config(run, scale)
+    run_dir = run_dir or REPO_ROOT / "runs" / cfg.phase / cfg.name
+    data_root = data_root or REPO_ROOT / "data" / ("smoke" if scale == "smoke" else "default")
+    return train_codec(cfg, run_dir, data_root)
+
+
+def load_codec(run_dir: str | Path, use_ema: bool = True):
+    """Rebuild a trained codec from its checkpoint alone (the file carries its config).
+
+    Returns ``(model in eval mode, RunConfig)``.
+    """
+    from mlmlmlm.checkpoint import load_checkpoint
+    from mlmlmlm.train import load_for_eval
+
+    path = Path(run_dir) / "checkpoint.pt"
+    cfg = config_from_dict(load_checkpoint(path)["extra"], source=str(path))
+    return load_for_eval(path, build_codec(cfg), use_ema=use_ema), cfg
+
+
+def eval_windows(cfg: RunConfig, data_root: str | Path, n: int | None = None) -> torch.Tensor:
+    """The fixed held-out windows ``[N, C, T]`` of the run's eval split (same list every call)."""
+    from mlmlmlm.data.dataset import fixed_eval_windows
+
+    items = fixed_eval_windows(data_config(cfg, data_root), cfg.eval.split,
+                               n or cfg.eval.n_windows)
+    return torch.stack([it["x"] for it in items])
+
+
+@torch.inference_mode()
+def reconstruct(model, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    """Eval-mode reconstructions of ``x`` [N, C, T], in batches."""
+    model.eval()
+    dev = next(model.parameters()).device
+    return torch.cat([model(x[i:i + batch].to(dev)).recon.cpu() for i in range(0, len(x), batch)])
+
+
+def evaluate_codec(cfg: RunConfig, model, data_root: str | Path) -> dict[str, Any]:
+    """All held-out metrics of DESIGN §4 for this codec (see :mod:`mlmlmlm.evaluate`)."""
+    from mlmlmlm.evaluate import evaluate_codec as _evaluate
+
+    x = eval_windows(cfg, data_root)
+    audio = list(cfg.loss.audio_channels)
+    emg = [c for c in range(x.shape[1]) if c not in audio]
+    return _evaluate(model, x, cfg.model.sample_rate, audio, emg)
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The run's ``metrics.jsonl`` as a list of dicts (one per logged step)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def final_losses(log: list[dict], fraction: float = 0.1) -> dict[str, float]:
+    """Each loss averaged over the last ``fraction`` of logged steps (the paper averages over the
+    steps of its last epoch)."""
+    tail = log[-max(1, int(len(log) * fraction)):]
+    out = {}
+    for key in LOSS_KEYS:
+        vals = [row[key] for row in tail if key in row]
+        if vals:
+            out[key] = float(np.mean(vals))
+    return out
+
+
+def epochs_seen(cfg: RunConfig, steps: int, data_root: str | Path) -> float:
+    """Passes over the training split the run made (samples seen / samples in the split)."""
+    manifest = json.loads((Path(data_root) / "corpus.json").read_text())
+    train_s = sum(r["duration_s"] for r in manifest["recordings"] if r["split"] == "train")
+    train_s *= len(cfg.data.time_stretch)
+    seen_s = steps * cfg.train.batch_size * cfg.data.segment / cfg.data.sr
+    return seen_s / max(train_s, 1e-9)

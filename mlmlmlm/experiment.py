@@ -39,6 +39,14 @@ def build_loss(cfg: RunConfig):
     return CodecLoss.for_codec(cfg.loss, cfg.model)
 
 
+def channel_names(cfg: RunConfig, data_root: str | Path) -> list[str]:
+    """Names of the run's input channels, from the corpus manifest (audio first, then EMG)."""
+    path = Path(data_root) / "corpus.json"
+    names = json.loads(path.read_text())["channels"] if path.exists() else \
+        ["audio"] + [f"emg_{i}" for i in range(1, 7)]
+    return {"audio": names[:1], "emg": names[1:], "emg_audio": names}[cfg.data.modality]
+
+
 def check_consistent(cfg: RunConfig) -> None:
     """The data section must feed what the model expects (channels and sample rate)."""
     d, m = cfg.data, cfg.model
@@ -98,14 +106,6 @@ def eval_windows(cfg: RunConfig, data_root: str | Path, n: int | None = None) ->
     return torch.stack([it["x"] for it in items])
 
 
-@torch.inference_mode()
-def reconstruct(model, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    """Eval-mode reconstructions of ``x`` [N, C, T], in batches."""
-    model.eval()
-    dev = next(model.parameters()).device
-    return torch.cat([model(x[i:i + batch].to(dev)).recon.cpu() for i in range(0, len(x), batch)])
-
-
 def evaluate_codec(cfg: RunConfig, model, data_root: str | Path) -> dict[str, Any]:
     """All held-out metrics of DESIGN §4 for this codec (see :mod:`mlmlmlm.evaluate`)."""
     from mlmlmlm.evaluate import evaluate_codec as _evaluate
@@ -113,7 +113,34 @@ def evaluate_codec(cfg: RunConfig, model, data_root: str | Path) -> dict[str, An
     x = eval_windows(cfg, data_root)
     audio = list(cfg.loss.audio_channels)
     emg = [c for c in range(x.shape[1]) if c not in audio]
-    return _evaluate(model, x, cfg.model.sample_rate, audio, emg)
+    return _evaluate(model, x, cfg.model.sample_rate, audio, emg,
+                     threshold=cfg.eval.inspection_threshold)
+
+
+def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root: str | Path,
+                  wall_s: float) -> dict[str, Any]:
+    """The run card's metrics: the paper's loss columns (averaged over the last logged steps),
+    epochs, held-out identifiability per modality, the inspection verdict and every eval mean."""
+    steps = int(log[-1]["step"]) if log else 0
+    audio = [int(c) for c in cfg.loss.audio_channels]
+    ident = {int(c): v for c, v in ev["identifiability"]["per_channel"].items()}
+    emg = [v for c, v in ident.items() if c not in audio]
+    out: dict[str, Any] = {
+        "steps": steps, "epochs": round(epochs_seen(cfg, steps, data_root), 3),
+        "train_wall_s": round(wall_s, 1), **final_losses(log),
+        "identifiability_audio": ident[audio[0]] if audio else None,
+        "identifiability_emg": float(np.mean(emg)) if emg else None,
+        "identifiability_per_channel": [ident[c] for c in sorted(ident)],
+        "inspection": ev["inspection"], "paper_inspection": cfg.paper.get("inspection"),
+        "n_eval_windows": ev["n_windows"],
+    }
+    for key, value in ev.items():
+        if isinstance(value, dict) and "mean" in value and key != "identifiability":
+            out[f"eval_{key}"] = value["mean"]
+    if "codebook" in ev:
+        out["codebook_usage"] = ev["codebook"]["usage"]
+        out["codebook_perplexity"] = ev["codebook"]["perplexity"]
+    return out
 
 
 def read_log(run_dir: str | Path) -> list[dict]:

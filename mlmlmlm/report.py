@@ -155,6 +155,55 @@ def multichannel_view(audio: np.ndarray, audio_sr: float, emg: np.ndarray, emg_s
     return fig
 
 
+def loss_curves(log: Sequence[dict[str, Any]], keys: Sequence[str], title: str = ""):
+    """Training curves of the logged losses (``metrics.jsonl`` rows), one panel per loss."""
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in row for row in log)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.2), squeeze=False,
+                             constrained_layout=True)
+    for ax, key in zip(axes[0], keys):
+        pts = [(row["step"], row[key]) for row in log if key in row]
+        ax.plot(*zip(*pts), lw=0.8)
+        ax.set_title(key, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def interleaved(originals: np.ndarray, recons: np.ndarray, labels: Sequence[str],
+                channel: int) -> list[tuple[str, np.ndarray]]:
+    """``[(label orig, x), (recon, y), ...]`` for one channel of ``[N, C, T]`` arrays: the
+    interleaved order of the paper's Appendix A-C spectrograms."""
+    out = []
+    for i, label in enumerate(labels):
+        out += [(f"{label}: original", originals[i, channel]),
+                (f"{label}: reconstruction", recons[i, channel])]
+    return out
+
+
+def traces(originals: np.ndarray, recons: np.ndarray, sr: float, names: Sequence[str],
+           title: str = ""):
+    """Original (grey) and reconstructed (colour) waveforms of every channel of one window."""
+    import matplotlib.pyplot as plt
+
+    c = originals.shape[0]
+    fig, axes = plt.subplots(c, 1, figsize=(10, 0.9 * c + 0.4), sharex=True, squeeze=False,
+                             constrained_layout=True)
+    t = np.arange(originals.shape[-1]) / sr
+    for i, ax in enumerate(axes[:, 0]):
+        ax.plot(t, originals[i], color="0.6", lw=0.5)
+        ax.plot(t, recons[i], color=f"C{i}", lw=0.5)
+        ax.set_ylabel(names[i].replace("emg_", ""), rotation=0, ha="right", fontsize=7)
+        ax.set_yticks([])
+    axes[-1, 0].set_xlabel("time (s)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
                    floatfmt: str = ".4g") -> str:
     """A GitHub/MyST markdown table; missing values print as an em dash, like the paper's tables."""

@@ -141,6 +141,8 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
             log(f"{run}: up to date (card {card_path}); --force to run again")
             return card
     out_dir.mkdir(parents=True, exist_ok=True)
+    if force and run_dir.exists():  # --force starts over; otherwise a killed run resumes
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
     params = {"run": run, "scale": scale, "smoke": smoke, "config": cfg.to_dict(),

@@ -1,6 +1,7 @@
-"""Checkpoint files: atomic writes, checked loads, RNG capture and package versions.
+"""Checkpoint files: atomic writes, checked loads, restore for resume, weights for evaluation.
 
-Introduced in notebook 02_audio_codec (the first phase that trains); used by every phase.
+Introduced in notebook 02_audio_codec (the first phase that trains); used by every phase. Also
+seeding and RNG capture, since a resumed run must draw the same random numbers.
 
 A checkpoint is a ``dict`` saved with :func:`torch.save` that carries ``format`` =
 :data:`FORMAT`. Everything in it is a tensor or plain Python data, so it loads with
@@ -13,12 +14,16 @@ import dataclasses
 import os
 import platform
 import random
+import re
+import warnings
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 FORMAT = "mlmlmlm-checkpoint/1"
 
@@ -98,14 +103,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise FileNotFoundError(f"{path}: no checkpoint file there")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    except Exception as err:  # noqa: BLE001 (RuntimeError, UnpicklingError, EOFError, ...)
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}"
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {_reason(err)}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mlmlmlm checkpoint (no format tag {FORMAT!r})")
     return ckpt
+
+
+def _reason(err: Exception) -> str:
+    """The informative line of a torch.load error (its first line is often boilerplate)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Unsupported global" in ln:  # weights_only refused an object: not our format
+            return ln.split(" was not")[0].replace("WeightsUnpickler error: ", "")
+    return re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else type(err).__name__
 
 
 def to_plain(obj: Any) -> Any:
@@ -129,13 +142,20 @@ def to_plain(obj: Any) -> Any:
 
 def package_versions() -> dict[str, str]:
     """Versions of Python, torch, numpy and mlmlmlm, stored in every checkpoint."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    versions["numpy"] = np.__version__
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    versions["numpy"] = str(np.__version__)
     try:
         versions["mlmlmlm"] = metadata.version("mlmlmlm")
     except metadata.PackageNotFoundError:
         versions["mlmlmlm"] = "unknown"
     return versions
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -171,3 +191,82 @@ def _to_lists(x: Any) -> Any:
 
 def _to_tuples(x: Any) -> Any:
     return tuple(_to_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def load_for_eval(
+    run_dir: str | Path, model: nn.Module, *, use_ema: bool = True, map_location: Any = "cpu"
+) -> nn.Module:
+    """Load a run's weights into ``model`` for evaluation: the EMA weights when stored.
+
+    Parameters
+    ----------
+    run_dir
+        A run folder (its ``checkpoint.pt`` is read) or a checkpoint file.
+    model
+        A module of the run's architecture (rebuilt from ``checkpoint["config"]``).
+    use_ema
+        Prefer the EMA weights; falls back to the raw weights when the run kept no EMA.
+
+    Returns
+    -------
+    nn.Module
+        ``model``, loaded and in eval mode.
+    """
+    path = Path(run_dir)
+    ckpt = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path, map_location)
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def restore(ckpt, path, task, optims, ema, cfg, rank: int = 0, world_size: int = 1) -> None:
+    """Load a checkpoint into a (not yet DDP-wrapped) task, its optimisers, EMA and RNGs.
+
+    ``optims`` maps checkpoint keys (``optimizer``, ``scheduler``, ``disc_optimizer``,
+    ``disc_scheduler``) to objects or None; ``cfg`` is the current ``TrainConfig``.
+    """
+    _warn_changes(path, ckpt["train_config"], cfg)
+    task.model.load_state_dict(ckpt["model"])
+    task.load_state_dict(ckpt["task"])
+    for name, obj in optims.items():
+        if obj is not None and ckpt[name] is not None:
+            obj.load_state_dict(ckpt[name])
+    if ema is not None and ckpt["ema"] is not None:
+        ema.state = {k: v.to(ema.state[k].device) for k, v in ckpt["ema"].items()}
+    if len(ckpt["rng"]) == world_size:
+        set_rng_state(ckpt["rng"][rank])
+    else:
+        n = len(ckpt["rng"])
+        warnings.warn(
+            f"{path}: saved by {n} processes, now {world_size}; random streams are reseeded",
+            stacklevel=4,
+        )
+        seed_everything(cfg.seed + rank + ckpt["step"])
+
+
+# Settings whose change makes a resumed run differ from an uninterrupted one.
+_RESUME_KEYS = [
+    "optimizer",
+    "lr",
+    "betas",
+    "weight_decay",
+    "schedule",
+    "warmup_steps",
+    "gamma",
+    "disc_lr",
+    "batch_size",
+    "seed",
+    "grad_clip",
+    "ema_decay",
+]
+
+
+def _warn_changes(path: Path, saved: dict[str, Any], cfg: Any) -> None:
+    now = asdict(cfg)
+    changed = [
+        f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in _RESUME_KEYS if saved.get(k) != now[k]
+    ]
+    if cfg.schedule != "constant" and saved.get("max_steps") != cfg.max_steps:
+        changed.append(f"max_steps {saved.get('max_steps')} -> {cfg.max_steps} (schedule length)")
+    if changed:
+        warnings.warn(f"{path}: resuming with changed settings: {'; '.join(changed)}", stacklevel=5)

@@ -1,4 +1,4 @@
-"""Data-parallel plumbing for the training loop: process group, resumable sharded batches.
+"""Process plumbing of the training loop: process group, stop signals, resumable sharded batches.
 
 Introduced in notebook 02_audio_codec (section "Training on several GPUs"). A run becomes data
 parallel only by being launched under torchrun, e.g.
@@ -9,12 +9,16 @@ parallel only by being launched under torchrun, e.g.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 @dataclass
@@ -24,7 +28,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_group: bool = False
 
     @property
@@ -50,6 +54,13 @@ def setup(device: str = "auto") -> DistContext:
     -------
     DistContext
         Call :func:`teardown` with it when training ends.
+
+    Notes
+    -----
+    :func:`mlmlmlm.train.train` calls this itself, but a launcher should call it *before*
+    building the model: ``vector_quantize_pytorch`` decides at construction whether to
+    all-reduce codebook statistics across ranks. ``train`` then joins the open group and
+    leaves closing it to whoever opened it.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -100,6 +111,32 @@ def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext) -> Non
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= ctx.world_size
+
+
+class StopRequests:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so a stop never tears a step.
+
+    A second Ctrl-C raises KeyboardInterrupt at once (no checkpoint).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequests:  # noqa: PYI034
+        if threading.current_thread() is threading.main_thread():  # signal() needs it
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -161,3 +198,55 @@ class ShardedBatchSampler(Sampler[list[int]]):
         b = self.batch_size
         for k in range(self.start, len(shard) // b):
             yield shard[k * b : (k + 1) * b]
+
+
+def batch_stream(
+    data: Dataset,
+    batch_size: int,
+    seed: int,
+    step: int,
+    ctx: DistContext,
+    num_workers: int = 0,
+) -> Iterator[Any]:
+    """Endless batches for this rank from global step ``step`` on, epoch after epoch.
+
+    Batch ``k`` of the stream is the same whether the run started at 0 or resumed at ``step``.
+    """
+    nb = ShardedBatchSampler.batches_per_epoch(len(data), batch_size, ctx.world_size)
+    if nb == 0:
+        raise ValueError(
+            f"{len(data)} items give no full batch of {batch_size} per process "
+            f"x {ctx.world_size} processes"
+        )
+    epoch, offset = divmod(step, nb)
+    while True:
+        sampler = ShardedBatchSampler(
+            len(data), batch_size, seed, epoch, offset, ctx.rank, ctx.world_size
+        )
+        # Own generator: creating the iterator must not draw from the global RNG.
+        gen = torch.Generator().manual_seed(seed + 1_000_003 * (epoch + 1) + 7_919 * ctx.rank)
+        yield from DataLoader(
+            data,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            generator=gen,
+            worker_init_fn=_seed_worker,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        epoch, offset = epoch + 1, 0
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker's torch and `random`; numpy gets it from the same seed.
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested dict/list/tuple) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

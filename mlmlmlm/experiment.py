@@ -78,10 +78,21 @@ def train_codec(cfg: RunConfig, run_dir: str | Path, data_root: str | Path,
 def train_run(run: str, scale: str = "cpu", run_dir: Path | None = None,
               data_root: Path | None = None):
     """``mlmlmlm train <phase>/<run>``: train without a notebook (works under ``torchrun``)."""
+    import os
+
+    from mlmlmlm import distributed
+
     cfg = load_run_config(run, scale)
     run_dir = run_dir or REPO_ROOT / "runs" / cfg.phase / cfg.name
     data_root = data_root or REPO_ROOT / "data" / ("smoke" if scale == "smoke" else "default")
-    return train_codec(cfg, run_dir, data_root)
+    # Under torchrun the process group must exist before the model is built: ResidualVQ decides
+    # at construction whether to share codebook statistics across processes.
+    ctx = distributed.setup(cfg.train.device) if "WORLD_SIZE" in os.environ else None
+    try:
+        return train_codec(cfg, run_dir, data_root, progress=ctx is None or ctx.is_main)
+    finally:
+        if ctx is not None:
+            distributed.teardown(ctx)
 
 
 def load_codec(run_dir: str | Path, use_ema: bool = True):
@@ -93,7 +104,7 @@ def load_codec(run_dir: str | Path, use_ema: bool = True):
     from mlmlmlm.train import load_for_eval
 
     path = Path(run_dir) / "checkpoint.pt"
-    cfg = config_from_dict(load_checkpoint(path)["extra"], source=str(path))
+    cfg = config_from_dict(load_checkpoint(path)["config"], source=str(path))
     return load_for_eval(path, build_codec(cfg), use_ema=use_ema), cfg
 
 

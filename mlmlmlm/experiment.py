@@ -138,7 +138,7 @@ def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root
     emg = [v for c, v in ident.items() if c not in audio]
     out: dict[str, Any] = {
         "steps": steps, "epochs": round(epochs_seen(cfg, steps, data_root), 3),
-        "train_wall_s": round(wall_s, 1), **final_losses(log),
+        "train_wall_s": round(wall_s, 1), **final_losses(log, loss_weights(cfg)),
         "identifiability_audio": ident[audio[0]] if audio else None,
         "identifiability_emg": float(np.mean(emg)) if emg else None,
         "identifiability_per_channel": [ident[c] for c in sorted(ident)],
@@ -160,16 +160,23 @@ def read_log(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def final_losses(log: list[dict], fraction: float = 0.1) -> dict[str, float]:
+def final_losses(log: list[dict], weights: dict[str, float] | None = None,
+                 fraction: float = 0.1) -> dict[str, float]:
     """Each loss averaged over the last ``fraction`` of logged steps (the paper averages over the
-    steps of its last epoch)."""
+    steps of its last epoch), multiplied by its weight in ``weights``: the paper's columns are
+    the weighted terms, so that they add up to the ``train`` column."""
     tail = log[-max(1, int(len(log) * fraction)):]
     out = {}
     for key in LOSS_KEYS:
         vals = [row[key] for row in tail if key in row]
         if vals:
-            out[key] = float(np.mean(vals))
+            out[key] = float(np.mean(vals)) * (weights or {}).get(key, 1.0)
     return out
+
+
+def loss_weights(cfg: RunConfig) -> dict[str, float]:
+    """The weight each logged term carries in ``train`` (the KL weight is the model's β)."""
+    return {**cfg.loss.lambdas, "kl": cfg.model.kl_beta}
 
 
 def epochs_seen(cfg: RunConfig, steps: int, data_root: str | Path) -> float:

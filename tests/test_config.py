@@ -137,3 +137,19 @@ def test_every_repository_experiment_resolves_at_every_scale():
         for scale in ("cpu", "smoke", "paper"):
             cfg = load_run_config(run, scale)
             assert cfg.run == run and cfg.title, run
+
+
+def test_run_overrides_do_not_leak_paper_values_into_cpu_scale():
+    """Merge order is base, base.scales.cpu, run, run.scales.cpu: a key that the base's cpu scale
+    shrinks and a run changes at paper scale must be given again in the run's cpu scale."""
+    from mlmlmlm.config import experiments_dir, flatten, read_yaml
+
+    for run in list_runs():
+        phase, name = run.split("/")
+        base = read_yaml(experiments_dir() / phase / "base.yaml")
+        doc = read_yaml(experiments_dir() / phase / f"{name}.yaml")
+        run_cpu = flatten((doc.get("scales") or {}).get("cpu") or {})
+        base_cpu = flatten((base.get("scales") or {}).get("cpu") or {})
+        top = flatten({k: v for k, v in doc.items() if k not in ("scales", "paper")})
+        leaked = [k for k in top if k in base_cpu and k not in run_cpu]
+        assert not leaked, f"{run}: set {leaked} for the paper scale but not for cpu"

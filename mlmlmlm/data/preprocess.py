@@ -189,7 +189,7 @@ def time_stretch(x: np.ndarray, rate: float, sr: float) -> np.ndarray:
 def stretch_curve(c: np.ndarray, rate: float) -> np.ndarray:
     """Stretch a control curve ``[T_c]`` in time by linear interpolation: ``[round(T_c / rate)]``."""
     c = np.asarray(c, dtype=np.float32)
-    n = int(round(len(c) / rate))
+    n = round(len(c) / rate)
     if rate == 1.0 or len(c) < 2:
         return c.copy()
     t_new = np.arange(n) * rate

@@ -190,7 +190,11 @@ class DecoderBlock(nn.Module):
         self.layers = nn.Sequential(
             Snake(c_in, **snake_kw),
             wn_conv_transpose1d(
-                c_in, c_out, kernel_size=2 * stride, stride=stride, padding=pad,
+                c_in,
+                c_out,
+                kernel_size=2 * stride,
+                stride=stride,
+                padding=pad,
                 output_padding=out_pad,
             ),
             *(ResidualUnit(c_out, d, checkpointing, **snake_kw) for d in (1, 3, 9)),
@@ -212,8 +216,14 @@ class OobleckEncoder(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, channels: int, c_mults: list[int], strides: list[int],
-        out_dim: int, checkpointing: bool = False, **snake_kw,
+        self,
+        in_channels: int,
+        channels: int,
+        c_mults: list[int],
+        strides: list[int],
+        out_dim: int,
+        checkpointing: bool = False,
+        **snake_kw,
     ):
         super().__init__()
         w = _widths(channels, c_mults)
@@ -237,8 +247,14 @@ class OobleckDecoder(nn.Module):
     bounded to [-1, 1])."""
 
     def __init__(
-        self, out_channels: int, channels: int, c_mults: list[int], strides: list[int],
-        latent_dim: int, checkpointing: bool = False, **snake_kw,
+        self,
+        out_channels: int,
+        channels: int,
+        c_mults: list[int],
+        strides: list[int],
+        latent_dim: int,
+        checkpointing: bool = False,
+        **snake_kw,
     ):
         super().__init__()
         w = _widths(channels, c_mults)

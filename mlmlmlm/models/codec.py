@@ -1,0 +1,260 @@
+"""The one codec class (Oobleck encoder/decoder + vae or rvq bottleneck) and its config.
+
+Introduced in notebook 02_audio_codec; 03_emg_audio_codec and 04_emg_codec use the same class
+with another configuration (7 or 6 channels, 196 conv channels, its own sample rate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from mlmlmlm.nn.layers import (
+    OobleckDecoder,
+    OobleckEncoder,
+    decoder_receptive_field,
+    encoder_receptive_field,
+    pad_to_multiple,
+)
+from mlmlmlm.nn.quantize import BottleneckOutput, RVQBottleneck, VAEBottleneck
+
+BOTTLENECKS = ("vae", "rvq")
+
+
+@dataclass
+class CodecConfig:
+    """Codec hyperparameters. Defaults are the paper's audio codec (Table 1, A RVQ-VAE 1/3).
+
+    ``kl_beta`` is read by the loss (:meth:`mlmlmlm.losses.CodecLoss.for_codec`), not the model.
+    The ``snake_*`` and ``checkpointing`` keys change speed or memory, never the architecture
+    of the paper (Oobleck's SnakeBeta in log scale); ``rotation_trick`` swaps the RVQ gradient
+    estimator (off = straight-through, as the paper's library version did).
+    """
+
+    in_channels: int = 1
+    channels: int = 128
+    c_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    strides: list[int] = field(default_factory=lambda: [2, 4, 4, 8, 8])
+    latent_dim: int = 64
+    bottleneck: str = "rvq"
+    n_q: int = 4
+    codebook_size: int = 2048
+    codebook_dim: int | None = None
+    kl_beta: float = 1e-4
+    commitment_weight: float = 1.0
+    kmeans_init: bool = True
+    decay: float = 0.99
+    threshold_ema_dead_code: int = 2
+    rotation_trick: bool = False
+    sample_rate: float = 44100.0
+    snake_logscale: bool = True
+    snake_beta: bool = True
+    fused_snake: bool = True
+    checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.bottleneck not in BOTTLENECKS:
+            raise ValueError(f"bottleneck must be one of {BOTTLENECKS}, got {self.bottleneck!r}")
+        if len(self.c_mults) != len(self.strides):
+            raise ValueError(
+                f"c_mults {self.c_mults} and strides {self.strides} must have the same length"
+            )
+        if any(s < 2 for s in self.strides):
+            raise ValueError(f"every stride must be >= 2 (kernel 2*stride), got {self.strides}")
+
+    @property
+    def hop(self) -> int:
+        """Input samples per latent frame, ``prod(strides)`` (2048 for the paper)."""
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second (21.53 Hz for the paper at 44.1 kHz)."""
+        return self.sample_rate / self.hop
+
+    @property
+    def encoder_out_dim(self) -> int:
+        return 2 * self.latent_dim if self.bottleneck == "vae" else self.latent_dim
+
+
+@dataclass
+class EncodeResult:
+    """z : Tensor[B x D x T'] (quantized for rvq; the mean in eval for vae);
+    codes : LongTensor[B x n_q x T'] or ``None`` (vae)."""
+
+    z: Tensor
+    codes: Tensor | None
+
+
+@dataclass
+class CodecOutput:
+    """Everything one forward pass gives the loss and the logs.
+
+    recon : Tensor[B x C x T]          reconstruction, cropped to the input length
+    z : Tensor[B x D x T']             latents the decoder saw
+    codes : LongTensor[B x n_q x T']   rvq only
+    kl : Tensor[]                      vae only
+    quantizer_loss : Tensor[]          rvq only
+    perplexity : Tensor[n_q]           rvq only
+    """
+
+    recon: Tensor
+    z: Tensor
+    codes: Tensor | None = None
+    kl: Tensor | None = None
+    quantizer_loss: Tensor | None = None
+    perplexity: Tensor | None = None
+
+
+class Codec(nn.Module):
+    """Oobleck autoencoder with a ``vae`` or ``rvq`` bottleneck, for any channel count.
+
+    Lengths: the input ``[B x C x T]`` is right-padded with zeros to ``T_pad = hop * ceil(T/hop)``,
+    encoded to ``T' = T_pad / hop`` frames, decoded to ``T_pad`` samples and cropped back to ``T``.
+    The zero tail is part of what the encoder sees, so the last frame of a length that is not a
+    multiple of ``hop`` differs from that of the longer signal.
+
+    Parameters
+    ----------
+    cfg : CodecConfig
+    """
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        snake_kw = {
+            "logscale": cfg.snake_logscale,
+            "separate_beta": cfg.snake_beta,
+            "fused": cfg.fused_snake,
+        }
+        self.encoder = OobleckEncoder(
+            cfg.in_channels,
+            cfg.channels,
+            cfg.c_mults,
+            cfg.strides,
+            cfg.encoder_out_dim,
+            cfg.checkpointing,
+            **snake_kw,
+        )
+        if cfg.bottleneck == "vae":
+            self.bottleneck = VAEBottleneck()
+        else:
+            self.bottleneck = RVQBottleneck(
+                cfg.latent_dim,
+                cfg.n_q,
+                cfg.codebook_size,
+                cfg.codebook_dim,
+                cfg.commitment_weight,
+                cfg.kmeans_init,
+                cfg.decay,
+                cfg.threshold_ema_dead_code,
+                cfg.rotation_trick,
+            )
+        self.decoder = OobleckDecoder(
+            cfg.in_channels,
+            cfg.channels,
+            cfg.c_mults,
+            cfg.strides,
+            cfg.latent_dim,
+            cfg.checkpointing,
+            **snake_kw,
+        )
+
+    # ---------------------------------------------------------------- shape checks
+    def _check_input(self, x: Tensor) -> None:
+        c = self.cfg.in_channels
+        assert x.ndim == 3 and x.shape[1] == c, (
+            f"codec expects [B, {c}, T] (in_channels={c}), got {tuple(x.shape)}"
+        )
+
+    def _check_latents(self, z: Tensor) -> None:
+        d = self.cfg.latent_dim
+        assert z.ndim == 3 and z.shape[1] == d, (
+            f"latents must be [B, {d}, T'] (latent_dim={d}), got {tuple(z.shape)}"
+        )
+
+    # ---------------------------------------------------------------- API
+    def _bottleneck(self, x: Tensor) -> BottleneckOutput:
+        self._check_input(x)
+        x = pad_to_multiple(x, self.cfg.hop)  # [B, C, T] -> [B, C, T_pad]
+        h = self.encoder(x)  # [B, encoder_out_dim, T_pad / hop]
+        return self.bottleneck(h)
+
+    def encode(self, x: Tensor) -> EncodeResult:
+        """``x``: Tensor[B x C x T] -> :class:`EncodeResult` with ``T' = ceil(T / hop)``.
+
+        Call it in eval mode to pre-encode tokens: in training mode the rvq bottleneck updates
+        its EMA codebooks and the vae one samples.
+        """
+        b = self._bottleneck(x)
+        return EncodeResult(z=b.z, codes=b.codes)
+
+    def decode(self, z: Tensor, length: int | None = None) -> Tensor:
+        """``z``: Tensor[B x D x T'] -> Tensor[B x C x T'*hop], cropped to ``length`` if given."""
+        self._check_latents(z)
+        y = self.decoder(z)
+        return y if length is None else y[..., :length]
+
+    def codes_to_latents(self, codes: Tensor) -> Tensor:
+        """``codes``: LongTensor[B x n_q x T'] -> Tensor[B x D x T'] (rvq only)."""
+        if self.cfg.bottleneck != "rvq":
+            raise ValueError("codes_to_latents needs bottleneck='rvq'")
+        return self.bottleneck.codes_to_latents(codes)
+
+    def decode_codes(self, codes: Tensor, length: int | None = None) -> Tensor:
+        """``codes``: LongTensor[B x n_q x T'] -> Tensor[B x C x T'*hop] (or ``length``)."""
+        return self.decode(self.codes_to_latents(codes), length)
+
+    def forward(self, x: Tensor) -> CodecOutput:
+        """``x``: Tensor[B x C x T] -> :class:`CodecOutput` with ``recon`` Tensor[B x C x T]."""
+        length = x.shape[-1]
+        b = self._bottleneck(x)
+        recon = self.decode(b.z, length)
+        assert recon.shape == x.shape, f"recon {tuple(recon.shape)} != input {tuple(x.shape)}"
+        return CodecOutput(
+            recon=recon,
+            z=b.z,
+            codes=b.codes,
+            kl=b.kl,
+            quantizer_loss=b.quantizer_loss,
+            perplexity=b.perplexity,
+        )
+
+    # ---------------------------------------------------------------- description
+    def num_params(self) -> int:
+        """Trainable parameters (RVQ codebooks are EMA buffers and are not counted)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def receptive_field(self) -> int:
+        """Encoder receptive field in input samples: how many samples one latent frame sees
+        (centred: about half of it lies after the frame)."""
+        return encoder_receptive_field(self.encoder.modules())
+
+    def decoder_receptive_field(self) -> int:
+        """Latent frames that one output sample depends on (rounded up)."""
+        return math.ceil(decoder_receptive_field(self.decoder.modules()))
+
+    def describe(self) -> dict:
+        """Size and timing summary for run cards (JSON-friendly)."""
+        cfg = self.cfg
+        rf = self.receptive_field()
+        return {
+            "params": self.num_params(),
+            "hop": cfg.hop,
+            "sample_rate": cfg.sample_rate,
+            "frame_rate_hz": cfg.frame_rate,
+            "receptive_field_samples": rf,
+            "receptive_field_ms": 1000.0 * rf / cfg.sample_rate,
+            "decoder_receptive_field_frames": self.decoder_receptive_field(),
+            "bottleneck": cfg.bottleneck,
+            "config": asdict(cfg),
+        }
+
+
+def build_on_meta(cfg: CodecConfig) -> Codec:
+    """Build a codec without allocating weights (for counting paper-scale parameters)."""
+    with torch.device("meta"):
+        return Codec(cfg)

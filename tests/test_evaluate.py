@@ -1,0 +1,127 @@
+"""Evaluation metrics: identifiability, code statistics, SI-SDR, pitch, loudness, EMG."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mlmlmlm import evaluate as E
+from mlmlmlm.models.codec import Codec, CodecConfig
+
+SR = 8000.0
+
+
+def sine(freq, seconds=0.5, sr=SR, amp=0.5):
+    t = torch.arange(int(seconds * sr)) / sr
+    return amp * torch.sin(2 * math.pi * freq * t)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def windows(n=16, c=2, t=2048):
+    # distinct windows: noise with a different envelope and tone per window
+    env = torch.linspace(0, 1, t) ** torch.rand(n, c, 1) * 3
+    tone = torch.sin(torch.arange(t) * torch.rand(n, c, 1))
+    return 0.3 * torch.randn(n, c, t) * env + 0.2 * tone
+
+
+def test_identifiability_identity_and_collapse():
+    x = windows()
+    n = x.shape[0]
+    assert torch.equal(E.identifiability(x, x), torch.ones(2))
+    collapsed = x.mean(dim=0, keepdim=True).expand_as(x)  # one average output for every window
+    ident = E.identifiability(x, collapsed)
+    torch.testing.assert_close(ident, torch.full((2,), 1 / n))
+    assert E.inspection(ident) == "unsuccessful" and E.inspection(torch.ones(2)) == "successful"
+
+
+def test_identifiability_ties_count_as_failures():
+    x = windows(n=4, c=1)
+    x[1] = x[0]  # two identical originals: reconstruction 0 is as near to 1 as to 0
+    ident = E.identifiability(x, x)
+    assert ident.item() == pytest.approx(0.5)
+
+
+def test_distance_matrix_diagonal_is_pairwise_distance():
+    x, y = windows(n=5, c=1), windows(n=5, c=1)
+    d = E.mrstft_distance_matrix(y[:, 0], x[:, 0])
+    torch.testing.assert_close(
+        d.diagonal().float(), E.mrstft_distance(y, x)[:, 0], rtol=1e-4, atol=1e-4
+    )
+    assert torch.all(E.mrstft_distance(x, x) == 0)
+
+
+def test_codebook_usage_and_perplexity():
+    uniform = torch.randint(0, 64, (8, 2, 4000))
+    stats = E.codebook_usage(uniform, 64)
+    assert torch.all(stats.usage == 1)
+    assert torch.all((stats.perplexity > 63) & (stats.perplexity <= 64))
+    single = E.codebook_usage(torch.zeros(2, 3, 10, dtype=torch.long), 64)
+    torch.testing.assert_close(single.perplexity, torch.ones(3))
+    torch.testing.assert_close(single.usage, torch.full((3,), 1 / 64))
+
+
+def test_si_sdr():
+    x = torch.randn(3, 2, 4000)
+    assert torch.all(E.si_sdr(x, x) > 60)
+    assert torch.all(E.si_sdr(torch.randn(3, 2, 4000), x) < -10)
+    noisy = x + 0.1 * torch.randn_like(x)
+    torch.testing.assert_close(E.si_sdr(0.5 * noisy, x), E.si_sdr(noisy, x))  # scale-invariant
+    assert torch.all((E.si_sdr(noisy, x) - 20).abs() < 1)  # 10 dB of noise power below: 20 dB
+
+
+def test_f0_error_of_440_vs_446_hz():
+    sr = 22050.0
+    a, b = sine(440, sr=sr)[None, None], sine(446, sr=sr)[None, None]
+    err = E.f0_error_cents(b, a, sr)
+    assert err.shape == (1, 1)
+    assert err.item() == pytest.approx(1200 * math.log2(446 / 440), abs=1.0)  # 23.4 cents
+
+
+def test_loudness_and_mel():
+    x = (sine(440) * (1 + torch.linspace(0, 1, 4000)))[None, None]
+    err = E.loudness_error_db(0.5 * x, x, SR)
+    assert err.item() == pytest.approx(20 * math.log10(2), abs=0.05)
+    assert E.loudness_error_db(x, x, SR).item() == 0
+    assert E.mel_distance(x, x, SR).item() == 0 and E.mel_distance(0.5 * x, x, SR).item() > 0
+
+
+def test_emg_metrics():
+    sr = 1000.0
+    burst = torch.randn(2, 3, 4000) * torch.sin(torch.linspace(0, 6, 4000)).abs()
+    torch.testing.assert_close(E.envelope_correlation(burst, burst, sr), torch.ones(2, 3))
+    flat = torch.zeros_like(burst)
+    assert torch.all(E.envelope_correlation(flat, burst, sr) == 0)
+    low, high = sine(80, 4, sr)[None, None], sine(160, 4, sr)[None, None]
+    assert E.median_frequency_error(low, low, sr).item() == 0
+    assert E.median_frequency_error(high, low, sr).item() == pytest.approx(80, abs=5)
+
+
+def test_evaluate_codec_bundle():
+    cfg = CodecConfig(
+        in_channels=3,
+        channels=4,
+        c_mults=[1, 2],
+        strides=[2, 4],
+        latent_dim=8,
+        n_q=2,
+        codebook_size=16,
+        sample_rate=SR,
+    )
+    model = Codec(cfg)
+    x = windows(n=6, c=3, t=2048)
+    result = E.evaluate_codec(model, x, SR, audio_channels=[0], emg_channels=[1, 2], batch_size=4)
+    for key in ("mrstft", "si_sdr", "identifiability"):
+        assert set(result[key]["per_channel"]) == {0, 1, 2}
+    for key in ("mel_distance", "loudness_error_db", "f0_error_cents"):
+        assert set(result[key]["per_channel"]) == {0}
+    for key in ("envelope_correlation", "median_frequency_error"):
+        assert set(result[key]["per_channel"]) == {1, 2}
+    assert result["inspection"] in {"successful", "unsuccessful"}
+    assert len(result["codebook"]["perplexity"]) == 2
+    assert model.training  # restored
+    json.dumps(result)

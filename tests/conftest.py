@@ -15,3 +15,12 @@ def smoke_book(tmp_path_factory) -> Path:
     index = run_book(smoke=True, out=root, log=lines.append)
     assert index.exists(), "\n".join(lines)
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_corpus(tmp_path_factory) -> Path:
+    """The real default-corpus builder at smoke size (the 01_dataset smoke settings)."""
+    from mlmlmlm.runbook import ensure_corpus
+
+    return ensure_corpus(tmp_path_factory.mktemp("corpus") / "smoke", smoke=True,
+                         log=lambda m: None)

@@ -23,9 +23,9 @@
 run = "01_dataset/default"  # <phase>/<run>: the experiment this page shows
 scale = "cpu"  # "cpu" (laptop sizes) or "paper"
 smoke = True  # tiny sizes for tests and `mlmlmlm book --smoke`
-config = {}  # resolved config injected by the runbook; {} = resolve `run` here
-run_dir = ""  # where metrics go; "" = runs/<phase>/<run>
-data_root = ""  # corpus folder; "" = data/default (data/smoke when smoke)
+config = {}  # resolved config injected by the runbook; empty: resolve `run` here
+run_dir = ""  # checkpoints and metrics; empty: runs/<phase>/<run>
+data_root = ""  # corpus folder; empty: data/default (data/smoke when smoke)
 
 # %%
 import matplotlib.pyplot as plt

@@ -22,9 +22,9 @@
 run = "02_audio_codec/a_rvq_vae_3"  # <phase>/<run>: which experiment YAML
 scale = "cpu"  # "cpu" (laptop sizes) or "paper" (GPU)
 smoke = True  # tiny sizes for tests and `mlmlmlm book --smoke`
-config = {}  # resolved config injected by the runbook; {} = resolve `run` here
-run_dir = ""  # checkpoints and metrics; "" = runs/<phase>/<run>
-data_root = ""  # corpus folder; "" = data/default (data/smoke when smoke)
+config = {}  # resolved config injected by the runbook; empty: resolve `run` here
+run_dir = ""  # checkpoints and metrics; empty: runs/<phase>/<run>
+data_root = ""  # corpus folder; empty: data/default (data/smoke when smoke)
 
 # %%
 import matplotlib.pyplot as plt

@@ -65,3 +65,11 @@ def test_cells_short_and_define_no_classes(src: Path):
         assert "class " not in cell.source, f"{src.name}: a class belongs in mlmlmlm/"
         assert "sys.path" not in cell.source
         assert len(cell.source.splitlines()) <= 20, f"{src.name}: cell too long:\n{cell.source}"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter(src: Path):
+    import papermill
+
+    found = papermill.inspect_notebook(str(src.with_suffix(".ipynb")))
+    assert list(found) == list(PARAMETERS), f"{src.name}: papermill parsed {list(found)}"

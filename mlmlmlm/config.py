@@ -51,6 +51,7 @@ class EvalConfig:
     split: str = "test"  # held-out split the metrics and players use
     n_windows: int = 64  # N for reconstruction identifiability (a collapsed model scores ~1/N)
     n_examples: int = 4  # windows shown as players / spectrograms (a fixed list)
+    window_s: float = 6.0  # length of each held-out window: the paper's 6-s windows
     inspection_threshold: float = 0.5  # identifiability >= this -> "successful"
 
 

@@ -112,8 +112,11 @@ def eval_windows(cfg: RunConfig, data_root: str | Path, n: int | None = None) ->
     """The fixed held-out windows ``[N, C, T]`` of the run's eval split (same list every call)."""
     from mlmlmlm.data.dataset import fixed_eval_windows
 
-    items = fixed_eval_windows(data_config(cfg, data_root), cfg.eval.split,
-                               n or cfg.eval.n_windows)
+    # whole held-out windows (the paper's 6 s), not the shorter training crops
+    dc = data_config(cfg, data_root)
+    dc = dataclasses.replace(dc, segment=min(int(round(cfg.eval.window_s * dc.sr)),
+                                             int(round(dc.window_s * dc.sr))))
+    items = fixed_eval_windows(dc, cfg.eval.split, n or cfg.eval.n_windows)
     return torch.stack([it["x"] for it in items])
 
 

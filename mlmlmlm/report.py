@@ -76,6 +76,7 @@ def spectrogram_db(x: np.ndarray, sr: float, kind: str = "audio") -> tuple[np.nd
     from scipy.signal import stft
 
     n_fft = int(2 ** round(math.log2(max(16, NFFT_SECONDS[kind] * sr))))
+    n_fft = min(n_fft, int(2 ** math.floor(math.log2(max(16, len(x))))))  # short smoke windows
     f, t, z = stft(np.asarray(x, dtype=np.float64), fs=sr, nperseg=n_fft, noverlap=n_fft * 3 // 4,
                    window="hann", boundary=None, padded=False)
     # scipy scales by 1/sum(window); a full-scale sine then has |Z| = 0.5, hence the factor 2.
@@ -261,6 +262,7 @@ TABLES = {
         {"key": "metrics.identifiability_audio", "label": "identifiability (audio) ↑"},
         {"key": "metrics.identifiability_emg", "label": "identifiability (EMG, mean) ↑"},
         {"key": "metrics.inspection", "label": "inspection"},
+        {"key": "metrics.paper_inspection", "label": "paper's inspection"},
     ],
 }
 

@@ -11,6 +11,7 @@ A checkpoint is a ``dict`` saved with :func:`torch.save` that carries ``format``
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import random
@@ -270,3 +271,17 @@ def _warn_changes(path: Path, saved: dict[str, Any], cfg: Any) -> None:
         changed.append(f"max_steps {saved.get('max_steps')} -> {cfg.max_steps} (schedule length)")
     if changed:
         warnings.warn(f"{path}: resuming with changed settings: {'; '.join(changed)}", stacklevel=5)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint, so a resumed run appends no duplicates."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):  # e.g. a line cut short by a kill
+            continue
+    path.write_text("".join(keep))

@@ -51,11 +51,7 @@ def _mag(x: Tensor, n_fft: int) -> Tensor:
     return spec.abs().pow(2).clamp_min(MAG_EPS).sqrt().flatten(1)
 
 
-# --------------------------------------------------------------------------------------------
-# Spectral and waveform distances
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------ Spectral and waveform distances
 def mrstft_distance(recon, orig, fft_sizes=EVAL_FFT_SIZES) -> Tensor:
     """Multi-resolution STFT distance per window and channel: spectral convergence
     ``||S_o - S_r|| / ||S_o||`` plus mean ``|log S_o - log S_r|``, averaged over resolutions.
@@ -188,11 +184,7 @@ def f0_error_cents(
     return torch.as_tensor(err, dtype=torch.float32)
 
 
-# --------------------------------------------------------------------------------------------
-# EMG metrics
-# --------------------------------------------------------------------------------------------
-
-
+# -------------------------------------------------------------------------------------- EMG metrics
 def emg_envelope(x, sr: float, cutoff_hz: float = 10.0) -> np.ndarray:
     """Linear envelope: full-wave rectification then a zero-phase 4th-order Butterworth low-pass.
     ``x``: Tensor[N x C x T] -> ndarray[N x C x T]."""
@@ -232,11 +224,7 @@ def median_frequency_error(recon, orig, sr: float, band=(10.0, 500.0)) -> Tensor
     return (median_frequency(recon, sr, band) - median_frequency(orig, sr, band)).abs()
 
 
-# --------------------------------------------------------------------------------------------
-# Codes and identifiability
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------ Codes and identifiability
 @dataclass
 class CodebookUsage:
     """usage : Tensor[n_q] fraction of codes used; perplexity : Tensor[n_q] exp(entropy)."""
@@ -314,11 +302,7 @@ def inspection(ident, threshold: float = 0.5) -> str:
     return "successful" if value >= threshold else "unsuccessful"
 
 
-# --------------------------------------------------------------------------------------------
-# Bundle
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------------- Bundle
 @torch.no_grad()
 def reconstruct(model, windows: Tensor, batch_size: int = 8) -> tuple[Tensor, Tensor | None]:
     """Run ``model`` in eval mode over ``windows`` Tensor[N x C x T] in batches on the model's

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import signal
 import time
 import warnings
@@ -27,10 +26,11 @@ from tqdm import tqdm
 from mlmlmlm import checkpoint as C
 from mlmlmlm import distributed as D
 from mlmlmlm.checkpoint import load_for_eval
+from mlmlmlm.optim import EMA, SCHEDULES
+from mlmlmlm.optim import make_optimizer as _optimizer
+from mlmlmlm.optim import make_scheduler as _scheduler
 
 __all__ = ["EMA", "CodecTask", "Task", "TrainConfig", "TrainResult", "load_for_eval", "train"]
-
-SCHEDULES = ("constant", "onecycle", "exponential", "cosine")
 
 
 @dataclass
@@ -164,56 +164,6 @@ class CodecTask(Task):
         self.loss.load_state_dict(state["loss"])
 
 
-class EMA:
-    """Exponential moving average of a model's weights: ``ema = decay * ema + (1 - decay) * w``.
-
-    Kept as a state dict (not a module copy), so it works with any module; buffers and
-    integer entries are copied, not averaged.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.averaged = {n for n, p in model.named_parameters() if p.requires_grad}
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if k in self.averaged and v.is_floating_point():
-                self.state[k].lerp_(v, 1.0 - self.decay)
-            else:
-                self.state[k].copy_(v)
-
-
-def _optimizer(params: list[nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-
-
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, lr: float):
-    """Per-step lr schedule. All but "onecycle" are a linear warm-up times a decay."""
-    warm = cfg.warmup_steps
-    if cfg.schedule == "onecycle":
-        # lr peaks at update index warm - 1 (pct_start = warm / total); cycle_momentum (the
-        # PyTorch default) moves Adam's beta1 between 0.85 and 0.95, overriding betas[0].
-        total = max(cfg.max_steps, 2)
-        pct = min(max(warm, 1) / total, 0.99)
-        return torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=pct)
-
-    peak = max(warm - 1, 0)  # index of the first update at the full lr
-
-    def factor(s: int) -> float:  # s = index of the update this lr is used for
-        f = min(1.0, (s + 1) / warm) if warm > 0 else 1.0
-        after = max(0, s - peak)
-        if cfg.schedule == "exponential":
-            f *= cfg.gamma**after
-        elif cfg.schedule == "cosine":
-            f *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, after / max(1, cfg.max_steps - peak))))
-        return f
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 def train(
     task: Task,
     train_data: Dataset,
@@ -298,7 +248,7 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
         step = resumed_from = ckpt["step"]
         wall_before, metrics = ckpt["wall_s"], ckpt["metrics"]
         if ctx.is_main:
-            _truncate_metrics(metrics_path, step)
+            C.truncate_metrics(metrics_path, step)
     elif ctx.is_main:  # a fresh start: nothing of an earlier run may be resumed or appended to
         ckpt_path.unlink(missing_ok=True)
         metrics_path.unlink(missing_ok=True)
@@ -446,17 +396,3 @@ def _step(task, batch, step, cfg, optims, disc_params, ctx) -> dict[str, Tensor]
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         dsched.step()
     return logged
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint, so a resumed run appends no duplicates."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line + "\n")
-        except (ValueError, KeyError, TypeError):  # e.g. a line cut short by a kill
-            continue
-    path.write_text("".join(keep))

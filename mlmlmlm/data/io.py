@@ -16,14 +16,7 @@ A dataset folder is searched recursively (hidden files and folders are ignored).
    audio's duration (the last logger buffer is zero-padded): each log must cover the audio
    within 10 ms and may exceed it by at most one buffer (+10 ms).
 
-   A logger file (little-endian, as written on the board) is a header then fixed 4104-byte
-   buffers. Header: three NUL-terminated UTF-8 strings (project name, variable name, C++ type
-   code ``f`` float32, ``d`` float64, ``i`` int32, ``j`` uint32), then ``uint32`` pid and
-   ``uint32`` pid id, then zero padding to a multiple of 4 bytes. Buffer ("dense" timestamp
-   mode, the Watcher default): ``uint64`` timestamp of the first value, in Watcher ticks, then
-   1024 values of a 4-byte type or 512 of an 8-byte type. Consecutive buffers of a complete
-   log advance their timestamp by the same step. Sparse-mode logs (values + per-value ``uint32``
-   offsets) look the same from outside and are not supported.
+   The logger file layout is in :func:`mlmlmlm.data.bela.read_bela_log`.
 
 Any recording may carry ``<name>.controls.npz`` (``controls.npz`` inside a Bela folder): float
 arrays at ``control_rate`` Hz (default 100), each ``[T_c]``. A ``corpus.json`` at the root
@@ -35,145 +28,33 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from mlmlmlm.data.bela import (  # noqa: F401 (moved there; old import paths keep working)
+    BELA_BUFFER_BYTES,
+    BELA_TYPES,
+    DEFAULT_BELA_EMG_SR,
+    BelaLog,
+    read_bela_log,
+)
 from mlmlmlm.data.preprocess import SPLITS, split_names
+from mlmlmlm.data.records import (  # moved there from this module; still importable here
+    DEFAULT_CHANNELS,
+    DEFAULT_CONTROL_RATE,
+    N_EMG,
+    DataError,
+    Problem,
+    Recording,
+    RecordingRef,
+)
 
-N_EMG = 6
 LENGTH_TOLERANCE_S = 0.010
-DEFAULT_BELA_EMG_SR = 22050.0
-DEFAULT_CONTROL_RATE = 100.0
-BELA_BUFFER_BYTES = 4104
-BELA_TYPES = {"f": "<f4", "d": "<f8", "i": "<i4", "j": "<u4"}
 # Files that look like data: reported when they belong to no recording.
 DATA_SUFFIXES = {".wav", ".bin", ".npz", ".flac", ".ogg", ".mp3", ".aiff", ".npy", ".h5", ".csv"}
 PAIR_SUFFIXES = (".audio.wav", ".emg.wav", ".controls.npz")
-DEFAULT_CHANNELS = ["audio"] + [f"emg{i}" for i in range(1, N_EMG + 1)]
-
-
-class DataError(ValueError):
-    """A data file that cannot be used; ``str`` is one line ``"<path>: <problem>"``."""
-
-    def __init__(self, path, message: str) -> None:
-        self.path = Path(path)
-        self.message = " ".join(str(message).split())
-        super().__init__(f"{self.path}: {self.message}")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with one path; ``str`` is ``"<path>: <message>"``."""
-
-    path: Path
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-@dataclass(frozen=True)
-class RecordingRef:
-    """Where a recording lives and in which format; nothing is loaded yet.
-
-    ``format`` is ``"windows"``, ``"pair"`` or ``"bela"``; ``path`` the 7-channel WAV, the audio
-    WAV or the Bela folder; ``emg_path`` the EMG WAV of a pair; ``bin_paths`` the logger files of
-    a Bela folder in channel order. ``declared_audio_sr``/``declared_emg_sr`` come from
-    ``corpus.json`` (``None`` without one).
-    """
-
-    name: str
-    format: str
-    path: Path
-    split: str = "train"
-    emg_path: Path | None = None
-    bin_paths: tuple[Path, ...] = ()
-    controls_path: Path | None = None
-    control_rate: float = DEFAULT_CONTROL_RATE
-    emg_sr_hint: float | None = None
-    declared_audio_sr: float | None = None
-    declared_emg_sr: float | None = None
-    channel_names: tuple[str, ...] = tuple(DEFAULT_CHANNELS)
-
-
-@dataclass
-class Recording:
-    """One loaded recording.
-
-    ``audio`` [T_a] float32 in [-1, 1] at ``audio_sr``; ``emg`` [6, T_e] float32 at ``emg_sr``
-    (raw sensor values, unfiltered); ``controls`` name -> [T_c] float32 at ``control_rate``.
-    """
-
-    name: str
-    path: Path
-    audio: np.ndarray
-    audio_sr: int
-    emg: np.ndarray
-    emg_sr: float
-    controls: dict[str, np.ndarray] | None = None
-    control_rate: float = DEFAULT_CONTROL_RATE
-    split: str = "train"
-    format: str = "windows"
-    channel_names: tuple[str, ...] = field(default_factory=lambda: tuple(DEFAULT_CHANNELS))
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.audio) / self.audio_sr
-
-
-# ----------------------------------------------------------------------------- Bela logger
-@dataclass
-class BelaLog:
-    """One pybela logger file: header fields, buffer timestamps [n_buf] and values [n]."""
-
-    project: str
-    variable: str
-    type_code: str
-    timestamps: np.ndarray
-    values: np.ndarray
-
-
-def read_bela_log(path) -> BelaLog:
-    """Read a pybela ``Logger`` binary file (dense timestamp mode; layout in the module doc).
-
-    Raises
-    ------
-    DataError : ``"<path>: not a Bela logger file: <reason>"``.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    strings, pos = [], 0
-    for _ in range(3):
-        end = data.find(b"\0", pos, pos + 256)
-        if end < 0:
-            raise DataError(path, "not a Bela logger file: header strings are not NUL-terminated")
-        try:
-            strings.append(data[pos:end].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise DataError(path, "not a Bela logger file: header is not UTF-8 text") from None
-        pos = end + 1
-    project, variable, type_code = strings
-    if type_code not in BELA_TYPES:
-        raise DataError(path, f"not a Bela logger file: unsupported variable type {type_code!r}")
-    pos += 8  # uint32 pid, uint32 pid id
-    pos += -pos % 4  # zero padding to a multiple of 4
-    body = data[pos:]
-    if len(body) == 0 or len(body) % BELA_BUFFER_BYTES:
-        raise DataError(
-            path,
-            f"not a Bela logger file: {len(body)} data bytes is not a whole number of "
-            f"{BELA_BUFFER_BYTES}-byte buffers (truncated file?)",
-        )
-    buffers = np.frombuffer(body, dtype=np.uint8).reshape(-1, BELA_BUFFER_BYTES)
-    timestamps = buffers[:, :8].copy().view("<u8")[:, 0]
-    values = buffers[:, 8:].copy().view(BELA_TYPES[type_code]).reshape(-1)
-    steps = np.diff(timestamps.astype(np.int64))
-    if len(steps) and (np.any(steps <= 0) or np.any(steps != steps[0])):
-        raise DataError(path, "logger buffers are not contiguous (a buffer was dropped?)")
-    return BelaLog(project, variable, type_code, timestamps, values)
 
 
 def _natural_key(path: Path):

@@ -159,6 +159,7 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
         status = "failed"
         error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}".splitlines()[0]
     wall = time.time() - t0
+    retitle(out_nb, cfg)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     if status == "ok" and not metrics:
@@ -177,6 +178,23 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
     if status != "ok":
         raise RunbookError(f"{run}: notebook failed at {error} (see {out_nb})")
     return card
+
+
+def retitle(page: Path, cfg: RunConfig) -> None:
+    """Put the run's title in the executed page's first heading, so the book's sidebar tells
+    the runs of a chapter apart (``# Audio codec run`` -> ``# A RVQ-VAE 1: audio codec run``)."""
+    import nbformat
+
+    if not page.exists():
+        return
+    nb = nbformat.read(page, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            head, _, rest = cell.source.partition("\n")
+            title = head[2:].split(": ", 1)[-1]
+            cell.source = f"# {cfg.title or cfg.name}: {title[:1].lower()}{title[1:]}\n{rest}"
+            break
+    nbformat.write(nb, page)
 
 
 def write_results(phase: str, root: Path | None = None) -> Path:

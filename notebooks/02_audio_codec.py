@@ -14,9 +14,9 @@
 # %% [markdown]
 # # Audio codec run
 #
-# One experiment of phase 1 (the paper's Tables 1–2): train the codec on the viola channel, then
-# look at it, listen to it and measure it on the fixed held-out windows. The runbook executes this
-# page once per experiment in `experiments/02_audio_codec/`; the parameters below pick which.
+# One experiment of phase 1 (the paper's Tables 1–2): the codec learns the viola channel alone.
+# This is the modality we can judge by ear, so the page ends with players. The runbook executes
+# it once per experiment in `experiments/02_audio_codec/`; the parameters pick which.
 
 # %% tags=["parameters"]
 run = "02_audio_codec/a_rvq_vae_3"  # <phase>/<run>: which experiment YAML
@@ -27,82 +27,53 @@ run_dir = ""  # checkpoints and metrics; empty: runs/<phase>/<run>
 data_root = ""  # corpus folder; empty: data/default (data/smoke when smoke)
 
 # %%
-import matplotlib.pyplot as plt
-from IPython.display import Markdown, display
-
-from mlmlmlm import evaluate, experiment, report
+from mlmlmlm import codec_page
 from mlmlmlm.notebook import setup
 from mlmlmlm.runbook import ensure_corpus
 
 S = setup(run, scale, smoke, config, run_dir, data_root)
 ensure_corpus(S.data_root, S.smoke)
-cfg = S.cfg
-display(Markdown(f"**{cfg.title}** ({cfg.scale} scale). {cfg.description}"))
 
 # %% [markdown]
 # ## The model
 #
-# Parameter count, hop (input samples per token frame) and receptive field of this configuration.
+# The Oobleck encoder and decoder with this run's bottleneck. The hop is how many audio samples
+# one token frame stands for; the receptive field is how much audio one frame's encoding sees.
 
 # %%
-desc = experiment.build_codec(cfg).describe()
-display(Markdown(report.markdown_table([desc])))
+desc = codec_page.model_section(S)
 
 # %% [markdown]
 # ## Training
 #
-# The one training loop (`mlmlmlm.train`); a checkpoint already in the run folder is resumed.
+# The one training loop (`mlmlmlm.train`) with this run's losses: multi-resolution STFT with
+# A-weighting, then KL (VAE) or the quantiser loss (RVQ), and the discriminator's adversarial and
+# feature-matching terms where the run has one. A checkpoint in the run folder is resumed.
 
 # %%
-result = experiment.train_codec(cfg, S.run_dir, S.data_root, progress=False)
-log = experiment.read_log(S.run_dir)
-print(f"{result.steps} steps, stopped by {result.stopped}, {result.samples_per_s:.0f} samples/s")
-fig = report.loss_curves(log, experiment.LOSS_KEYS, title=cfg.title)
-plt.show()
+trained = codec_page.train_section(S)
 
 # %% [markdown]
 # ## Held-out metrics
 #
-# On the fixed list of held-out windows. *Identifiability* is the fraction of windows whose
+# On the fixed list of held-out 6-s windows. *Identifiability* is the fraction of windows whose
 # reconstruction is nearest (in MRSTFT distance) to its own original; a model that collapses to
-# one average output scores about 1/N. The inspection verdict is identifiability against the
-# threshold in the run's `eval` settings.
+# one average output scores about 1/N. The verdict compares it with the run's threshold. The loss
+# columns are averaged over the last tenth of the logged steps and weighted as in the total, like
+# the paper's tables.
 
 # %%
-model, _ = experiment.load_codec(S.run_dir)
-ev = experiment.evaluate_codec(cfg, model, S.data_root)
-metrics = experiment.codec_metrics(cfg, log, ev, S.data_root, result.wall_s)
-rows = [{"metric": k, "value": v} for k, v in metrics.items() if not isinstance(v, list)]
-display(Markdown(report.markdown_table(rows)))
+evaluated = codec_page.metrics_section(S, trained)
 
 # %% [markdown]
 # ## Look and listen
 #
-# Originals and reconstructions interleaved, as in the paper's appendices, for every channel.
+# Originals and reconstructions interleaved, as in the paper's appendices, then the first window
+# as waveforms, then the players. Listen for pitch, dynamics and the regular artefacts the paper
+# heard with quantisation.
 
 # %%
-names = experiment.channel_names(cfg, S.data_root)
-x = experiment.eval_windows(cfg, S.data_root, cfg.eval.n_examples)
-recon, _ = evaluate.reconstruct(model, x)
-x, recon = x.numpy(), recon.numpy()
-labels = [f"window {i + 1}" for i in range(len(x))]
-sr = cfg.model.sample_rate
-for c, name in enumerate(names):
-    kind = "audio" if c in cfg.loss.audio_channels else "emg"
-    report.spectrogram_grid(report.interleaved(x, recon, labels, c), sr, kind, title=name,
-                            ncols=4)
-    plt.show()
+names = codec_page.look_and_listen(S, evaluated)
 
 # %%
-fig = report.traces(x[0], recon[0], sr, names, title=f"{labels[0]}: original (grey), "
-                    "reconstruction (colour)")
-plt.show()
-audio = list(cfg.loss.audio_channels)
-if audio:
-    rows = [(labels[i], {"original": x[i, audio[0]], "reconstruction": recon[i, audio[0]]})
-            for i in range(len(x))]
-    display(report.audio_table(rows, sr))
-
-# %%
-report.save_metrics(S.run_dir, metrics)
-display(Markdown(f"Codebook perplexity per level: {metrics.get('codebook_perplexity', '—')}"))
+codec_page.finish(S, evaluated)

@@ -16,7 +16,7 @@
 #
 # One experiment of phase 2a (the paper's Tables 3–4): the same codec class on seven channels,
 # viola audio in channel 0 and the six EMG placements at the audio rate. The audio channel is the
-# one we can judge by ear; it tells us whether the model still produces varied outputs while it
+# one we can judge by ear: it tells whether the model still produces varied outputs while it
 # learns the EMG. The runbook executes this page once per experiment in
 # `experiments/03_emg_audio_codec/`.
 
@@ -29,93 +29,56 @@ run_dir = ""  # checkpoints and metrics; empty: runs/<phase>/<run>
 data_root = ""  # corpus folder; empty: data/default (data/smoke when smoke)
 
 # %%
-import matplotlib.pyplot as plt
-from IPython.display import Markdown, display
-
-from mlmlmlm import evaluate, experiment, report
+from mlmlmlm import codec_page
 from mlmlmlm.notebook import setup
 from mlmlmlm.runbook import ensure_corpus
 
 S = setup(run, scale, smoke, config, run_dir, data_root)
 ensure_corpus(S.data_root, S.smoke)
-cfg = S.cfg
-display(Markdown(f"**{cfg.title}** ({cfg.scale} scale). {cfg.description}"))
 
 # %% [markdown]
-# ## The model
+# ## Capacity for seven channels
 #
-# Parameter count, hop (input samples per token frame) and receptive field of this configuration.
+# What this run changes is capacity and regularisation: convolution width, latent size, KL weight
+# and learning rate. The table gives the resulting model's size and time scales.
 
 # %%
-desc = experiment.build_codec(cfg).describe()
-display(Markdown(report.markdown_table([desc])))
+desc = codec_page.model_section(S)
 
 # %% [markdown]
-# ## Training
+# ## Training on seven channels at once
 #
-# The one training loop (`mlmlmlm.train`); a checkpoint already in the run folder is resumed.
+# The loss is the MRSTFT of every channel averaged (A-weighting on the audio channel only), plus
+# the KL term and the discriminator's terms. Watch whether the KL term is driven to almost
+# nothing: the paper's collapsed runs ended with a very small KL.
 
 # %%
-result = experiment.train_codec(cfg, S.run_dir, S.data_root, progress=False)
-log = experiment.read_log(S.run_dir)
-print(f"{result.steps} steps, stopped by {result.stopped}, {result.samples_per_s:.0f} samples/s")
-fig = report.loss_curves(log, experiment.LOSS_KEYS, title=cfg.title)
-plt.show()
+trained = codec_page.train_section(S)
 
 # %% [markdown]
-# ## Held-out metrics
+# ## Does every channel keep its identity?
 #
-# On the fixed list of held-out windows. *Identifiability* is the fraction of windows whose
-# reconstruction is nearest (in MRSTFT distance) to its own original; a model that collapses to
-# one average output scores about 1/N. The inspection verdict is identifiability against the
-# threshold in the run's `eval` settings.
+# The paper judged these runs by whether reconstructions varied as the originals did. Here that
+# judgement is a number per channel: identifiability over the held-out windows.
 
 # %%
-model, _ = experiment.load_codec(S.run_dir)
-ev = experiment.evaluate_codec(cfg, model, S.data_root)
-metrics = experiment.codec_metrics(cfg, log, ev, S.data_root, result.wall_s)
-rows = [{"metric": k, "value": v} for k, v in metrics.items() if not isinstance(v, list)]
-display(Markdown(report.markdown_table(rows)))
+evaluated = codec_page.metrics_section(S, trained)
 
 # %% [markdown]
-# ## Look and listen
+# ## Seeing the EMG through the audio
 #
-# Originals and reconstructions interleaved, as in the paper's appendices, for every channel.
+# Audio first, then each EMG placement, originals and reconstructions interleaved; then the
+# audio players, which are how the paper decided that EA VAE 3 worked.
 
 # %%
-names = experiment.channel_names(cfg, S.data_root)
-x = experiment.eval_windows(cfg, S.data_root, cfg.eval.n_examples)
-recon, _ = evaluate.reconstruct(model, x)
-x, recon = x.numpy(), recon.numpy()
-labels = [f"window {i + 1}" for i in range(len(x))]
-sr = cfg.model.sample_rate
-for c, name in enumerate(names):
-    kind = "audio" if c in cfg.loss.audio_channels else "emg"
-    report.spectrogram_grid(report.interleaved(x, recon, labels, c), sr, kind, title=name,
-                            ncols=4)
-    plt.show()
-
-# %%
-fig = report.traces(x[0], recon[0], sr, names, title=f"{labels[0]}: original (grey), "
-                    "reconstruction (colour)")
-plt.show()
-audio = list(cfg.loss.audio_channels)
-if audio:
-    rows = [(labels[i], {"original": x[i, audio[0]], "reconstruction": recon[i, audio[0]]})
-            for i in range(len(x))]
-    display(report.audio_table(rows, sr))
-
-# %%
-report.save_metrics(S.run_dir, metrics)
-display(Markdown(f"Codebook perplexity per level: {metrics.get('codebook_perplexity', '—')}"))
+names = codec_page.look_and_listen(S, evaluated)
 
 # %% [markdown]
-# ## The audio channel as a window onto the EMG
+# ### The audio channel as a window onto the EMG
 #
-# The paper's method judges a seven-channel model by its audio channel. Here the same judgement is
-# a number: identifiability of the audio channel beside each EMG channel. A collapsed model fails
-# on every channel at once; a healthy one is identifiable on audio and on most EMG placements.
+# Identifiability of the audio channel beside each EMG channel. A collapsed model fails on every
+# channel at once; a healthy one is identifiable on audio and on most placements.
 
 # %%
-ident = metrics["identifiability_per_channel"]
-display(Markdown(report.markdown_table([dict(zip(names, ident))], floatfmt=".2f")))
+rows = codec_page.per_channel_table(names, evaluated)
+codec_page.finish(S, evaluated)

@@ -182,7 +182,7 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
 
 def retitle(page: Path, cfg: RunConfig) -> None:
     """Put the run's title in the executed page's first heading, so the book's sidebar tells
-    the runs of a chapter apart (``# Audio codec run`` -> ``# A RVQ-VAE 1: audio codec run``)."""
+    the runs of a chapter apart (``# Audio codec run`` -> ``# A RVQ-VAE 1 — Audio codec run``)."""
     import nbformat
 
     if not page.exists():
@@ -191,8 +191,8 @@ def retitle(page: Path, cfg: RunConfig) -> None:
     for cell in nb.cells:
         if cell.cell_type == "markdown" and cell.source.startswith("# "):
             head, _, rest = cell.source.partition("\n")
-            title = head[2:].split(": ", 1)[-1]
-            cell.source = f"# {cfg.title or cfg.name}: {title[:1].lower()}{title[1:]}\n{rest}"
+            title = head[2:].split(" — ", 1)[-1]
+            cell.source = f"# {cfg.title or cfg.name} — {title}\n{rest}"
             break
     nbformat.write(nb, page)
 

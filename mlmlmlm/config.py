@@ -335,5 +335,6 @@ def differs_from_base(cfg: RunConfig, root: Path | None = None) -> dict[str, dic
     return {
         k: {"base": fb.get(k), "run": fr.get(k)}
         for k in sorted(set(fb) | set(fr))
-        if k not in skip and not k.startswith("paper.") and fb.get(k) != fr.get(k)
+        if k not in skip and k != "paper" and not k.startswith("paper.")
+        and fb.get(k) != fr.get(k)
     }

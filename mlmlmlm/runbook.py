@@ -215,6 +215,9 @@ def write_results(phase: str, root: Path | None = None) -> Path:
         if path.exists():
             cards.append(json.loads(path.read_text()))
     labels = ["run"] + [c["label"] for c in columns]
+    # the paper reports its own rows only: no identifiability, and its inspection is its own
+    paper_labels = ["run"] + [c["label"] for c in columns if not c["key"].startswith(
+        ("metrics.identifiability", "metrics.paper_"))]
     ours, paper = [], []
     for card in cards:
         row = {"run": f"[{card['title'] or card['name']}](runs/{card['name']}.ipynb)"}
@@ -240,10 +243,11 @@ def write_results(phase: str, root: Path | None = None) -> Path:
             lines += ["## The paper's values for the same rows", "",
                       f"As reported in {base.get('paper_table', 'the paper')} "
                       "(full scale, GPU, about 100–186 epochs).", "",
-                      markdown_table(paper, labels), ""]
+                      markdown_table(paper, paper_labels), ""]
         lines += ["## Run cards", ""]
         for card in cards:
-            diff = ", ".join(f"`{k}`={v['run']!r}" for k, v in card["differs_from_base"].items())
+            diff = ", ".join(f"`{k}`={v['run']!r}" for k, v in card["differs_from_base"].items()
+                             if k != "paper")
             lines.append(f"- **{card['title'] or card['name']}** ({card['status']}, "
                          f"{card['wall_s']:.0f} s on {card['device']}, git {card['git_sha'][:12]}):"
                          f" differs from base in {diff or 'nothing'}.")

@@ -114,8 +114,7 @@ def eval_windows(cfg: RunConfig, data_root: str | Path, n: int | None = None) ->
 
     # whole held-out windows (the paper's 6 s), not the shorter training crops
     dc = data_config(cfg, data_root)
-    dc = dataclasses.replace(dc, segment=min(int(round(cfg.eval.window_s * dc.sr)),
-                                             int(round(dc.window_s * dc.sr))))
+    dc = dataclasses.replace(dc, segment=min(int(cfg.eval.window_s * dc.sr), dc.window_samples))
     items = fixed_eval_windows(dc, cfg.eval.split, n or cfg.eval.n_windows)
     return torch.stack([it["x"] for it in items])
 

@@ -141,14 +141,18 @@ def to_plain(obj: Any) -> Any:
     return str(obj)
 
 
+VERSIONED = ("mlmlmlm", "torch", "numpy", "scipy", "librosa", "vector-quantize-pytorch",
+             "auraloss", "music21", "tinysoundfont", "papermill", "jupyter-book")
+
+
 def package_versions() -> dict[str, str]:
-    """Versions of Python, torch, numpy and mlmlmlm, stored in every checkpoint."""
-    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
-    versions["numpy"] = str(np.__version__)
-    try:
-        versions["mlmlmlm"] = metadata.version("mlmlmlm")
-    except metadata.PackageNotFoundError:
-        versions["mlmlmlm"] = "unknown"
+    """Versions of Python and the packages a result depends on (checkpoints and run cards)."""
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
     return versions
 
 

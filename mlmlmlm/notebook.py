@@ -6,7 +6,6 @@ Introduced in notebook 01_dataset; used by every notebook.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,17 +66,9 @@ def setup(run: str, scale: str, smoke: bool, config: dict, run_dir: str, data_ro
     rd = Path(run_dir) if run_dir else REPO_ROOT / "runs" / cfg.phase / cfg.name
     rd.mkdir(parents=True, exist_ok=True)
     dr = Path(data_root) if data_root else REPO_ROOT / "data" / ("smoke" if smoke else "default")
-    seed = _seed_of(cfg)
-    random.seed(seed)
-    try:
-        import numpy as np
+    from mlmlmlm.checkpoint import seed_everything
 
-        np.random.seed(seed)
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    seed_everything(_seed_of(cfg))
     _style()
     return Setup(cfg=cfg, run_dir=rd, data_root=dr, smoke=smoke)
 

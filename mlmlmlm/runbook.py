@@ -15,18 +15,18 @@ Output layout under a *book root* (the repository, or a temporary folder with ``
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from mlmlmlm import checkpoint as C
 from mlmlmlm.config import (
     REPO_ROOT,
     RunConfig,
@@ -37,9 +37,6 @@ from mlmlmlm.config import (
 )
 from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table, write_json_atomic
 
-VERSIONED = ("mlmlmlm", "torch", "numpy", "scipy", "librosa", "vector-quantize-pytorch",
-             "auraloss", "music21", "tinysoundfont", "papermill", "jupyter-book")
-
 
 class RunbookError(RuntimeError):
     """A run failed; the message is one line naming the run and where to look."""
@@ -47,16 +44,6 @@ class RunbookError(RuntimeError):
 
 def default_data_root(root: Path, smoke: bool) -> Path:
     return root / "data" / ("smoke" if smoke else "default")
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def git_sha() -> str:
@@ -169,7 +156,7 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
         "description": cfg.description, "scale": scale, "smoke": smoke, "status": status,
         "error": error, "params": cfg.to_dict(), "differs_from_base": differs_from_base(cfg),
         "metrics": metrics, "paper": cfg.paper, "git_sha": git_sha(), "device": device_name(),
-        "wall_s": round(wall, 2), "versions": package_versions(), "config_hash": chash,
+        "wall_s": round(wall, 2), "versions": C.package_versions(), "config_hash": chash,
         "page": str(out_nb.relative_to(root)), "run_dir": str(run_dir),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -89,9 +89,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\n".join(list_runs()))
         return 0
     if args.cmd == "run":
-        from mlmlmlm.runbook import ensure_corpus, prepare_root, run_experiment, default_data_root
-        from mlmlmlm.config import REPO_ROOT
         import tempfile
+
+        from mlmlmlm.config import REPO_ROOT
+        from mlmlmlm.runbook import default_data_root, ensure_corpus, prepare_root, run_experiment
 
         root = args.out or (Path(tempfile.mkdtemp(prefix="mlmlmlm-smoke-")) if args.smoke
                             else REPO_ROOT)

@@ -12,8 +12,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def wav_bytes(x: np.ndarray, sr: float) -> bytes:
     import soundfile as sf
 
     buf = io.BytesIO()
-    sf.write(buf, np.clip(np.asarray(x, dtype=np.float32), -1, 1), int(round(sr)), format="WAV",
+    sf.write(buf, np.clip(np.asarray(x, dtype=np.float32), -1, 1), round(sr), format="WAV",
              subtype="PCM_16")
     return buf.getvalue()
 

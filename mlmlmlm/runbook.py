@@ -51,7 +51,7 @@ def git_sha() -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+                               cwd=REPO_ROOT, capture_output=True, text=True, check=False).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -228,8 +228,8 @@ def write_results(phase: str, root: Path | None = None) -> Path:
         lines += [f"## Our runs ({', '.join(scales)} scale)", "", markdown_table(ours, labels), ""]
         if any(any(v is not None for k, v in r.items() if k != "run") for r in paper):
             lines += ["## The paper's values for the same rows", "",
-                      f"As reported in {base.get('paper_table', 'the paper')} "
-                      "(full scale, GPU, about 100–186 epochs).", "",
+                      (f"As reported in {base.get('paper_table', 'the paper')} "
+                       "(full scale, GPU, about 100–186 epochs)."), "",
                       markdown_table(paper, paper_labels), ""]
         lines += ["## Run cards", ""]
         for card in cards:
@@ -263,7 +263,7 @@ def build_book(root: Path, log: Callable[[str], None] = print) -> Path:
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "-W", "-n",
            "--keep-going"]
     log("building the book: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
         raise RunbookError(f"jupyter-book build failed for {root}:\n{tail}")

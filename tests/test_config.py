@@ -122,7 +122,7 @@ def test_overrides_and_round_trip(exp):
 
 
 def test_differs_from_base(exp, monkeypatch):
-    import mlmlmlm.config as config
+    from mlmlmlm import config
 
     monkeypatch.setattr(config, "REPO_ROOT", exp)
     cfg = load_run_config("09_toy/a_run", "cpu", root=exp)

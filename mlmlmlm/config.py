@@ -53,6 +53,9 @@ class EvalConfig:
     n_examples: int = 4  # windows shown as players / spectrograms (a fixed list)
     window_s: float = 6.0  # length of each held-out window: the paper's 6-s windows
     inspection_threshold: float = 0.5  # identifiability >= this -> "successful"
+    # EMG channels are measured at this rate (22050/8 Hz: the 20-500 Hz EMG band with room to
+    # spare), whatever rate the codec runs at, so upsampled and native codecs compare fairly
+    emg_sr: float = 2756.25
 
 
 # Sections whose dataclass lives beside the code that uses it (nanoGPT-style small configs).
@@ -125,7 +128,7 @@ _Loader.add_implicit_resolver(
         |\.[0-9_]+(?:[eE][-+][0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
-        re.X,
+        re.VERBOSE,
     ),
     list("-+0123456789."),
 )
@@ -133,7 +136,7 @@ _Loader.add_implicit_resolver(
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.load(Path(path).read_text(), Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+        data = yaml.load(Path(path).read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such experiment file") from None
     except yaml.YAMLError as exc:

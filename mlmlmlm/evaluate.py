@@ -17,6 +17,7 @@ import scipy.signal
 import torch
 from torch import Tensor
 
+from mlmlmlm.data.preprocess import resample
 from mlmlmlm.nn.quantize import code_perplexity, code_usage
 
 # Fixed STFT resolutions of the evaluation distances (hop = fft/4, Hann). Fewer than the 7 of the
@@ -337,6 +338,7 @@ def evaluate_codec(
     emg_channels: list[int],
     batch_size: int = 8,
     threshold: float = 0.5,
+    emg_sr: float | None = None,
 ) -> dict:
     """All codec metrics on held-out windows, as plain Python numbers (JSON-ready).
 
@@ -352,36 +354,50 @@ def evaluate_codec(
         (envelope correlation, median frequency); MRSTFT, SI-SDR and identifiability go to all.
     threshold : float
         Identifiability threshold of :func:`inspection`.
+    emg_sr : float, optional
+        Analysis rate of the EMG channels: originals and reconstructions are resampled to it
+        (polyphase, anti-aliased) before any EMG metric, so that codecs running at different
+        rates (the upsampled 44.1 kHz one, the native one) are measured on the same band and the
+        same time-frequency grid. ``None``: measure at ``sr``.
 
     Returns
     -------
     dict
         ``{metric: {"per_channel": {c: mean over windows}, "mean": mean over channels}}`` for
-        every metric, plus ``"inspection"``, ``"n_windows"``, ``"sr"`` and, for rvq,
-        ``"codebook": {"usage": [n_q], "perplexity": [n_q]}``.
+        every metric, plus ``"inspection"``, ``"n_windows"``, ``"sr"``, ``"emg_sr"`` and, for
+        rvq, ``"codebook": {"usage": [n_q], "perplexity": [n_q]}``.
     """
     windows = _nct(windows)
     recons, codes = reconstruct(model, windows, batch_size)
-    every = list(range(windows.shape[1]))
-    result = {"n_windows": int(windows.shape[0]), "sr": float(sr)}
-    result["mrstft"] = _summary(mrstft_distance(recons, windows), every)
-    result["si_sdr"] = _summary(si_sdr(recons, windows), every)
     a, e = list(audio_channels), list(emg_channels)
+    every = a + e
+    emg_sr = float(emg_sr or sr)
+    result = {"n_windows": int(windows.shape[0]), "sr": float(sr), "emg_sr": emg_sr}
+    # (channels, rate, originals, reconstructions) per modality
+    groups = []
     if a:
-        r, o = recons[:, a], windows[:, a]
-        result["mel_distance"] = _summary(mel_distance(r, o, sr), a)
-        result["loudness_error_db"] = _summary(loudness_error_db(r, o, sr), a)
-        result["f0_error_cents"] = _summary(f0_error_cents(r, o, sr), a)
+        groups.append((a, float(sr), windows[:, a], recons[:, a]))
     if e:
-        r, o = recons[:, e], windows[:, e]
-        result["envelope_correlation"] = _summary(envelope_correlation(r, o, sr), e)
-        result["median_frequency_error"] = _summary(median_frequency_error(r, o, sr), e)
-    ident = identifiability(windows, recons)
-    result["identifiability"] = {
-        "per_channel": {c: float(ident[c]) for c in every},
-        "mean": float(ident.mean()),
-    }
-    result["inspection"] = inspection(ident, threshold)
+        o, r = windows[:, e], recons[:, e]
+        if emg_sr != float(sr):
+            o, r = (torch.from_numpy(resample(t.numpy(), sr, emg_sr)) for t in (o, r))
+        groups.append((e, emg_sr, o, r))
+    per: dict[str, dict[int, float]] = {"mrstft": {}, "si_sdr": {}, "identifiability": {}}
+    for chans, rate, o, r in groups:
+        for key, values in (("mrstft", mrstft_distance(r, o)), ("si_sdr", si_sdr(r, o))):
+            per[key] |= _summary(values, chans)["per_channel"]
+        per["identifiability"] |= dict(zip(chans, identifiability(o, r).tolist(), strict=True))
+        if chans is a:
+            result["mel_distance"] = _summary(mel_distance(r, o, rate), a)
+            result["loudness_error_db"] = _summary(loudness_error_db(r, o, rate), a)
+            result["f0_error_cents"] = _summary(f0_error_cents(r, o, rate), a)
+        else:
+            result["envelope_correlation"] = _summary(envelope_correlation(r, o, rate), e)
+            result["median_frequency_error"] = _summary(median_frequency_error(r, o, rate), e)
+    for key, values in per.items():
+        ordered = {c: float(values[c]) for c in sorted(values)}
+        result[key] = {"per_channel": ordered, "mean": float(np.nanmean(list(ordered.values())))}
+    result["inspection"] = inspection(list(per["identifiability"].values()), threshold)
     if codes is not None:
         usage = codebook_usage(codes, model.cfg.codebook_size)
         result["codebook"] = {

@@ -127,7 +127,7 @@ def evaluate_codec(cfg: RunConfig, model, data_root: str | Path) -> dict[str, An
     audio = list(cfg.loss.audio_channels)
     emg = [c for c in range(x.shape[1]) if c not in audio]
     return _evaluate(model, x, cfg.model.sample_rate, audio, emg,
-                     threshold=cfg.eval.inspection_threshold)
+                     threshold=cfg.eval.inspection_threshold, emg_sr=cfg.eval.emg_sr)
 
 
 def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root: str | Path,

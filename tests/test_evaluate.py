@@ -125,3 +125,35 @@ def test_evaluate_codec_bundle():
     assert len(result["codebook"]["perplexity"]) == 2
     assert model.training  # restored
     json.dumps(result)
+
+
+class _AddsOutOfBand(torch.nn.Module):
+    """A 'codec' that returns its input plus a 3.5 kHz tone on the EMG channels (1, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+
+    def forward(self, x):
+        tone = sine(3500, x.shape[-1] / SR)[: x.shape[-1]]
+        recon = x.clone()
+        recon[:, 1:] += tone
+        return type("Out", (), {"recon": recon, "codes": None})()
+
+
+def test_evaluate_codec_measures_emg_at_its_analysis_rate():
+    x = windows(n=8, c=3, t=4000)
+    # keep the EMG channels in band for a 2 kHz analysis rate, as real EMG is
+    x[:, 1:] = torch.from_numpy(E.resample(E.resample(x[:, 1:].numpy(), SR, 2000.0), 2000.0, SR))
+    model = _AddsOutOfBand()
+    at_sr = E.evaluate_codec(model, x, SR, [0], [1, 2])
+    at_emg = E.evaluate_codec(model, x, SR, [0], [1, 2], emg_sr=2000.0)
+    assert at_sr["emg_sr"] == SR and at_emg["emg_sr"] == 2000.0
+    # the 3.5 kHz error is outside the EMG analysis band: it is seen at 8 kHz, not at 2 kHz
+    for c in (1, 2):
+        assert at_sr["mrstft"]["per_channel"][c] > 0.5
+        assert at_emg["mrstft"]["per_channel"][c] < 0.05
+        assert at_emg["si_sdr"]["per_channel"][c] > 30
+    # the audio channel is untouched and measured at the audio rate in both cases
+    assert at_emg["mrstft"]["per_channel"][0] == at_sr["mrstft"]["per_channel"][0] == 0
+    assert at_emg["identifiability"]["per_channel"] == {0: 1.0, 1: 1.0, 2: 1.0}

@@ -45,6 +45,10 @@ class LossConfig:
     disc_channels: int = 32
     disc_fft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
     disc_start_step: int = 0
+    # KL weight ramps linearly from 0 to kl_beta over these steps (0 = full weight from step 0).
+    # Short runs need it: Adam rescales the small but consistent KL gradient to a full-size
+    # step, which shrinks the encoder's means to a constant before the decoder learns to use them.
+    kl_warmup_steps: int = 0
 
     def __post_init__(self):
         unknown = set(self.lambdas) - set(DEFAULT_LAMBDAS)
@@ -232,9 +236,11 @@ class CodecLoss(nn.Module):
             k: self.cfg.lambdas[k] * v if k in self.cfg.lambdas else v for k, v in terms.items()
         }
 
-    def weighted_total(self, terms: dict[str, Tensor]) -> Tensor:
-        """``sum(lambdas[k] * terms[k])`` over the terms present."""
-        return sum(self.cfg.lambdas[k] * v for k, v in terms.items())
+    def weighted_total(self, terms: dict[str, Tensor], kl_scale: float = 1.0) -> Tensor:
+        """``sum(lambdas[k] * terms[k])`` over the terms present, the KL's weight times
+        ``kl_scale`` (the warm-up ramp)."""
+        return sum(self.cfg.lambdas[k] * v * (kl_scale if k == "kl" else 1.0)
+                   for k, v in terms.items())
 
     def generator(self, x: Tensor, out, step: int) -> dict[str, Tensor]:
         """Generator (codec) losses.
@@ -245,7 +251,8 @@ class CodecLoss(nn.Module):
             Target signals.
         out : CodecOutput
         step : int
-            Global step (adversarial terms start at ``disc_start_step``).
+            Global step (adversarial terms start at ``disc_start_step``; the KL weight ramps up
+            over ``kl_warmup_steps``).
 
         Returns
         -------
@@ -258,6 +265,7 @@ class CodecLoss(nn.Module):
         terms = {"mrstft": self.mrstft_per_channel(recon, x).mean()}
         if out.kl is not None:
             terms["kl"] = out.kl
+        ramp = min(1.0, step / self.cfg.kl_warmup_steps) if self.cfg.kl_warmup_steps else 1.0
         if out.quantizer_loss is not None:
             terms["quantizer"] = out.quantizer_loss
         if self.disc_active(step):
@@ -273,7 +281,7 @@ class CodecLoss(nn.Module):
                 for (_, fr), (_, ff) in zip(real, fake)
             ]
             terms["feature_matching"] = torch.stack(fm).mean()
-        terms["train"] = self.weighted_total(terms)
+        terms["train"] = self.weighted_total(terms, kl_scale=ramp)
         return terms
 
     def discriminator(self, x: Tensor, recon: Tensor) -> dict[str, Tensor]:

@@ -202,9 +202,8 @@ def write_results(phase: str, root: Path | None = None) -> Path:
         if path.exists():
             cards.append(json.loads(path.read_text()))
     labels = ["run"] + [c["label"] for c in columns]
-    # the paper reports its own rows only: no identifiability, and its inspection is its own
-    paper_labels = ["run"] + [c["label"] for c in columns if not c["key"].startswith(
-        ("metrics.identifiability", "metrics.paper_"))]
+    # the paper's rows have only the paper's columns (its inspection is in its own column)
+    paper_labels = ["run"] + [c["label"] for c in columns if not c.get("ours")]
     ours, paper = [], []
     for card in cards:
         row = {"run": f"[{card['title'] or card['name']}](runs/{card['name']}.ipynb)"}

@@ -88,3 +88,16 @@ def test_native_emg_frames_align_with_audio_frames():
         emg = load_run_config("04_emg_codec/emg_rvq_vae_native", scale).model
         assert emg.hop / emg.sample_rate == pytest.approx(audio.hop / audio.sample_rate)
         assert emg.sample_rate == 22050 / 8
+
+
+def test_native_long_is_the_native_codec_trained_longer():
+    # the equal-time row must differ from the equal-steps row in training length only
+    for scale in ("cpu", "paper"):
+        short = load_run_config("04_emg_codec/emg_rvq_vae_native", scale)
+        long = load_run_config("04_emg_codec/emg_rvq_vae_native_long", scale)
+        assert long.model == short.model and long.data == short.data and long.loss == short.loss
+        assert long.train.batch_size == short.train.batch_size
+    cpu_short = load_run_config("04_emg_codec/emg_rvq_vae_native", "cpu").train.max_steps
+    cpu_long = load_run_config("04_emg_codec/emg_rvq_vae_native_long", "cpu").train.max_steps
+    upsampled = load_run_config("04_emg_codec/emg_rvq_vae", "cpu").train.max_steps
+    assert cpu_short == upsampled and cpu_long >= 5 * upsampled

@@ -72,6 +72,18 @@ def test_generator_keys_rvq_without_discriminator():
         loss.discriminator(x, x)
 
 
+def test_kl_warmup_ramps_the_kl_weight():
+    model = small_codec(bottleneck="vae", kl_beta=0.5)
+    cfg = LossConfig(fft_sizes=FFT, kl_warmup_steps=100)
+    loss = CodecLoss.for_codec(cfg, model.cfg)
+    x = torch.randn(2, 1, 512)
+    out = model.eval()(x)  # eval: the bottleneck returns its mean, so every call is the same
+    for step, scale in ((0, 0.0), (50, 0.5), (100, 1.0), (1000, 1.0)):
+        terms = loss.generator(x, out, step=step)
+        assert terms["kl"].item() > 0  # the logged KL is never scaled
+        torch.testing.assert_close(terms["train"], terms["mrstft"] + scale * 0.5 * terms["kl"])
+
+
 def test_generator_and_discriminator_with_adversary():
     cfg = CodecConfig(
         in_channels=3,

@@ -101,3 +101,26 @@ def test_built_pages_open_in_headless_chromium_and_audio_loads(smoke_book):
         assert imgs >= 3, "figures did not render"
     finally:
         driver.quit()
+
+
+def test_results_table_keeps_our_columns_out_of_the_papers_rows(tmp_path):
+    from mlmlmlm.runbook import write_results
+
+    runs = tmp_path / "book/04_emg_codec/runs"
+    runs.mkdir(parents=True)
+    card = {"name": "emg_rvq_vae", "title": "EMG RVQ-VAE", "status": "ok", "scale": "cpu",
+            "wall_s": 200.0, "device": "cpu", "git_sha": "0" * 40, "differs_from_base": {},
+            "metrics": {"steps": 300, "train_wall_s": 193.5, "epochs": 3.6, "mrstft": 1.3,
+                        "identifiability_emg": 0.25, "inspection": "unsuccessful",
+                        "paper_inspection": "successful"},
+            "paper": {"epochs": 160, "mrstft": 0.711383, "inspection": "successful"}}
+    (runs / "emg_rvq_vae.json").write_text(json.dumps(card))
+    text = write_results("04_emg_codec", tmp_path).read_text()
+    ours, papers = text.split("## The paper's values")
+    header = next(line for line in ours.splitlines() if line.startswith("| run"))
+    assert "steps" in header and "training (s)" in header and "identifiability (EMG" in header
+    assert "| [EMG RVQ-VAE](runs/emg_rvq_vae.ipynb) | 300 | 193.5 | 3.6 | 1.3 |" in ours
+    paper_header = next(line for line in papers.splitlines() if line.startswith("| run"))
+    for label in ("steps", "training (s)", "identifiability", "paper's inspection"):
+        assert label not in paper_header
+    assert "| EMG RVQ-VAE | 160 | 0.7114 |" in papers

@@ -127,7 +127,7 @@ class RVQBottleneck(nn.Module):
         commitment_weight: float = 1.0,
         kmeans_init: bool = True,
         decay: float = 0.99,
-        threshold_ema_dead_code: int = 2,
+        threshold_ema_dead_code: float = 2.0,
         rotation_trick: bool = False,
     ):
         super().__init__()

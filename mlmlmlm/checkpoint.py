@@ -277,6 +277,37 @@ def _warn_changes(path: Path, saved: dict[str, Any], cfg: Any) -> None:
         warnings.warn(f"{path}: resuming with changed settings: {'; '.join(changed)}", stacklevel=5)
 
 
+def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config mappings (a run's resolved
+    config as stored in its checkpoint, and the current one)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now), key=str):
+            out += config_changes(saved.get(key), now.get(key), f"{prefix}{key}.")
+        return out
+    # compared as JSON, so a tuple equals the list it was saved as
+    same = json.dumps(saved, sort_keys=True, default=str) == json.dumps(now, sort_keys=True,
+                                                                         default=str)
+    return [] if same else [prefix.rstrip(".")]
+
+
+# Sections that decide what a checkpoint's weights mean: resuming across a change is an error.
+WEIGHT_SECTIONS = ("model", "data", "loss")
+
+
+def check_resumable(path: Path, ckpt: dict[str, Any], extra: Any) -> None:
+    """Refuse to resume ``ckpt`` (from ``path``) under a config whose model, data or loss
+    differ from the one it was written with (one-line error naming the keys)."""
+    if not isinstance(extra, dict) or not isinstance(ckpt.get("config"), dict):
+        return
+    changed = [k for k in config_changes(ckpt["config"], extra)
+               if k.split(".")[0] in WEIGHT_SECTIONS]
+    if changed:
+        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        raise ValueError(f"{path}: written with another configuration ({shown}); "
+                         "delete it (or use --force) to start over")
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint, so a resumed run appends no duplicates."""
     if not path.exists():

@@ -370,7 +370,6 @@ def evaluate_codec(
     windows = _nct(windows)
     recons, codes = reconstruct(model, windows, batch_size)
     a, e = list(audio_channels), list(emg_channels)
-    every = a + e
     emg_sr = float(emg_sr or sr)
     result = {"n_windows": int(windows.shape[0]), "sr": float(sr), "emg_sr": emg_sr}
     # (channels, rate, originals, reconstructions) per modality

@@ -102,6 +102,23 @@ def _config_hash(cfg: RunConfig, notebook: Path, data_root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _supersede_stale(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -> None:
+    """A checkpoint written with another configuration is not resumed: the run dir is moved to
+    ``<run>.superseded`` (replacing an older one) and the run starts over."""
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.exists():
+        return
+    changed = C.config_changes(C.load_checkpoint(ckpt_path).get("config"), cfg.to_dict())
+    if not changed:
+        return  # the same run, killed: it resumes
+    old = run_dir.with_name(run_dir.name + ".superseded")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(run_dir, old)
+    log(f"{cfg.run}: configuration changed since its checkpoint ({', '.join(changed[:3])}"
+        f"{' ...' if len(changed) > 3 else ''}); starting over, old run kept in {old}")
+
+
 def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
                    root: Path | None = None, data_root: Path | None = None,
                    scale: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -130,6 +147,7 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     if force and run_dir.exists():  # --force starts over; otherwise a killed run resumes
         shutil.rmtree(run_dir)
+    _supersede_stale(run_dir, cfg, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
     params = {"run": run, "scale": scale, "smoke": smoke, "config": cfg.to_dict(),

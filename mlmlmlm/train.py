@@ -244,6 +244,7 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
     step, resumed_from, wall_before, metrics = 0, None, 0.0, {}
     if resume and ckpt_path.exists():
         ckpt = C.load_checkpoint(ckpt_path, map_location="cpu")
+        C.check_resumable(ckpt_path, ckpt, extra)
         C.restore(ckpt, ckpt_path, task, optims, ema, cfg, ctx.rank, ctx.world_size)
         step = resumed_from = ckpt["step"]
         wall_before, metrics = ckpt["wall_s"], ckpt["metrics"]

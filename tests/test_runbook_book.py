@@ -124,3 +124,22 @@ def test_results_table_keeps_our_columns_out_of_the_papers_rows(tmp_path):
     for label in ("steps", "training (s)", "identifiability", "paper's inspection"):
         assert label not in paper_header
     assert "| EMG RVQ-VAE | 160 | 0.7114 |" in papers
+
+
+def test_runbook_moves_a_checkpoint_of_another_config_aside(tmp_path):
+    from mlmlmlm import checkpoint as C
+    from mlmlmlm.config import load_run_config
+    from mlmlmlm.runbook import _supersede_stale
+
+    cfg = load_run_config("02_audio_codec/a_rvq_vae_3", "smoke")
+    run_dir = tmp_path / "a_rvq_vae_3"
+    run_dir.mkdir()
+    C.save_atomic({"format": C.FORMAT, "config": cfg.to_dict()}, run_dir / "checkpoint.pt")
+    logs = []
+    _supersede_stale(run_dir, cfg, logs.append)  # same config: a killed run, kept to resume
+    assert (run_dir / "checkpoint.pt").exists() and logs == []
+    changed = load_run_config("02_audio_codec/a_rvq_vae_3", "smoke", {"model.latent_dim": 4})
+    _supersede_stale(run_dir, changed, logs.append)
+    assert not run_dir.exists()
+    assert (tmp_path / "a_rvq_vae_3.superseded" / "checkpoint.pt").exists()
+    assert "configuration changed since its checkpoint (model.latent_dim)" in logs[0]

@@ -237,6 +237,22 @@ def test_train_logs_checkpoints_and_keeps_ema(tmp_path):
     assert (late.steps, late.stopped) == (0, "max_minutes") and late.checkpoint.exists()
 
 
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    run_single(tmp_path, max_steps=2, ckpt_every=2)
+    assert C.config_changes({"model": {"channels": 4}, "path": "x"},
+                            {"model": {"channels": 4}, "path": "x"}) == []
+    assert C.config_changes({"model": {"channels": 4}, "train": {"lr": 1}},
+                            {"model": {"channels": 8}, "train": {"lr": 2}, "new": 1}) == [
+        "model.channels", "new", "train.lr"]
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: written with another configuration "
+                                         r"\(model\.channels\)"):
+        train(make_task(), Windows(), config(max_steps=4), tmp_path, progress=False,
+              extra={"model": {"channels": 8}, "path": "x"})
+    # a change of training settings only (here how often to checkpoint) still resumes
+    same = run_single(tmp_path, max_steps=2, ckpt_every=1)
+    assert (same.resumed_from, same.steps) == (2, 2)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stop_by_signal_then_resume_equals_uninterrupted(tmp_path, sig):
     run_single(tmp_path / "a")

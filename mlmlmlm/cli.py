@@ -51,8 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one experiment without a notebook (torchrun-able)")
     t.add_argument("run")
     t.add_argument("--scale", default="cpu", choices=["cpu", "paper", "smoke"])
-    t.add_argument("--run-dir", type=Path)
+    t.add_argument("--run-dir", type=Path,
+                   help="default runs/<phase>/<run>, or runs/<phase>/<run>.set-<hash> with --set")
     t.add_argument("--data-root", type=Path)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for this training (YAML value), e.g. "
+                        "--set train.lr=3e-3; repeatable")
+    t.add_argument("--eval", action="store_true",
+                   help="then evaluate on the held-out windows and print the metrics")
 
     be = sub.add_parser("bench", help="benchmarks that print JSON")
     be.add_argument("what", choices=["codec"])
@@ -120,11 +126,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                           "seconds": manifest.get("build", {}).get("seconds")}))
         return 0
     if args.cmd == "train":
+        from mlmlmlm.config import parse_overrides
         from mlmlmlm.experiment import train_run
 
-        result = train_run(args.run, scale=args.scale, run_dir=args.run_dir,
-                           data_root=args.data_root)
-        print(json.dumps({"steps": result.steps, "wall_s": result.wall_s}))
+        out = train_run(args.run, scale=args.scale, run_dir=args.run_dir,
+                        data_root=args.data_root, overrides=parse_overrides(args.set),
+                        evaluate=args.eval)
+        if out is not None:  # None on the non-main ranks of torchrun
+            print(json.dumps(out))
         return 0
     if args.cmd == "bench":
         from mlmlmlm.bench import bench_codec

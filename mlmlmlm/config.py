@@ -222,6 +222,18 @@ def load_run_config(run: str, scale: str = "cpu", overrides: dict[str, Any] | No
     return config_from_dict(merged, source=str(source))
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-3", "loss.fft_sizes=[512, 128]"]`` -> ``{"train.lr": 0.003, ...}``
+    (values parsed as YAML, floats like ``3e-3`` included). Raises :class:`ConfigError`."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
+        out[key.strip()] = yaml.load(value, Loader=_Loader)
+    return out
+
+
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
     out: Any = value
     for part in reversed(dotted.split(".")):

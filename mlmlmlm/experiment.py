@@ -76,23 +76,47 @@ def train_codec(cfg: RunConfig, run_dir: str | Path, data_root: str | Path,
 
 
 def train_run(run: str, scale: str = "cpu", run_dir: Path | None = None,
-              data_root: Path | None = None):
-    """``mlmlmlm train <phase>/<run>``: train without a notebook (works under ``torchrun``)."""
+              data_root: Path | None = None, overrides: dict[str, Any] | None = None,
+              evaluate: bool = False) -> dict[str, Any] | None:
+    """``mlmlmlm train <phase>/<run> [--set k=v ...] [--eval]``: train without a notebook
+    (works under ``torchrun``), optionally evaluate, and return what the CLI prints (``None`` on
+    the non-main ranks).
+
+    With ``overrides`` the default run dir is ``runs/<phase>/<run>.set-<hash>``, so a sweep never
+    touches the runbook's run dir; the same overrides resume the same dir.
+    """
+    import hashlib
     import os
 
     from mlmlmlm import distributed
 
-    cfg = load_run_config(run, scale)
-    run_dir = run_dir or REPO_ROOT / "runs" / cfg.phase / cfg.name
+    cfg = load_run_config(run, scale, overrides)
+    if run_dir is None:
+        tag = ""
+        if overrides:
+            blob = json.dumps(overrides, sort_keys=True).encode()
+            tag = ".set-" + hashlib.sha256(blob).hexdigest()[:8]
+        run_dir = REPO_ROOT / "runs" / cfg.phase / (cfg.name + tag)
     data_root = data_root or REPO_ROOT / "data" / ("smoke" if scale == "smoke" else "default")
     # Under torchrun the process group must exist before the model is built: ResidualVQ decides
     # at construction whether to share codebook statistics across processes.
     ctx = distributed.setup(cfg.train.device) if "WORLD_SIZE" in os.environ else None
     try:
-        return train_codec(cfg, run_dir, data_root, progress=ctx is None or ctx.is_main)
+        result = train_codec(cfg, run_dir, data_root, progress=ctx is None or ctx.is_main)
     finally:
         if ctx is not None:
             distributed.teardown(ctx)
+    if ctx is not None and not ctx.is_main:
+        return None
+    out: dict[str, Any] = {"run": run, "run_dir": str(run_dir), "overrides": overrides or {},
+                           "steps": result.steps, "wall_s": round(result.wall_s, 1)}
+    if evaluate:
+        model, _ = load_codec(run_dir)
+        ev = evaluate_codec(cfg, model, data_root)
+        out["identifiability"] = ev["identifiability"]
+        out |= {k: v["mean"] for k, v in ev.items()
+                if isinstance(v, dict) and "mean" in v and k != "identifiability"}
+    return out
 
 
 def load_codec(run_dir: str | Path, use_ema: bool = True):

@@ -293,6 +293,14 @@ def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
 
 # Sections that decide what a checkpoint's weights mean: resuming across a change is an error.
 WEIGHT_SECTIONS = ("model", "data", "loss")
+# ... and those that decide how it was trained (the runbook starts over when any of them changed;
+# a new title or description alone keeps the checkpoint).
+TRAINING_SECTIONS = (*WEIGHT_SECTIONS, "train")
+
+
+def section_changes(saved: Any, now: Any, sections: tuple[str, ...]) -> list[str]:
+    """:func:`config_changes` restricted to keys under ``sections``."""
+    return [k for k in config_changes(saved, now) if k.split(".")[0] in sections]
 
 
 def check_resumable(path: Path, ckpt: dict[str, Any], extra: Any) -> None:
@@ -300,8 +308,7 @@ def check_resumable(path: Path, ckpt: dict[str, Any], extra: Any) -> None:
     differ from the one it was written with (one-line error naming the keys)."""
     if not isinstance(extra, dict) or not isinstance(ckpt.get("config"), dict):
         return
-    changed = [k for k in config_changes(ckpt["config"], extra)
-               if k.split(".")[0] in WEIGHT_SECTIONS]
+    changed = section_changes(ckpt["config"], extra, WEIGHT_SECTIONS)
     if changed:
         shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
         raise ValueError(f"{path}: written with another configuration ({shown}); "

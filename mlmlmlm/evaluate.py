@@ -372,21 +372,21 @@ def evaluate_codec(
     a, e = list(audio_channels), list(emg_channels)
     emg_sr = float(emg_sr or sr)
     result = {"n_windows": int(windows.shape[0]), "sr": float(sr), "emg_sr": emg_sr}
-    # (channels, rate, originals, reconstructions) per modality
+    # (modality, channels, rate, originals, reconstructions)
     groups = []
     if a:
-        groups.append((a, float(sr), windows[:, a], recons[:, a]))
+        groups.append(("audio", a, float(sr), windows[:, a], recons[:, a]))
     if e:
         o, r = windows[:, e], recons[:, e]
         if emg_sr != float(sr):
             o, r = (torch.from_numpy(resample(t.numpy(), sr, emg_sr)) for t in (o, r))
-        groups.append((e, emg_sr, o, r))
+        groups.append(("emg", e, emg_sr, o, r))
     per: dict[str, dict[int, float]] = {"mrstft": {}, "si_sdr": {}, "identifiability": {}}
-    for chans, rate, o, r in groups:
+    for modality, chans, rate, o, r in groups:
         for key, values in (("mrstft", mrstft_distance(r, o)), ("si_sdr", si_sdr(r, o))):
             per[key] |= _summary(values, chans)["per_channel"]
         per["identifiability"] |= dict(zip(chans, identifiability(o, r).tolist(), strict=True))
-        if chans is a:
+        if modality == "audio":
             result["mel_distance"] = _summary(mel_distance(r, o, rate), a)
             result["loudness_error_db"] = _summary(loudness_error_db(r, o, rate), a)
             result["f0_error_cents"] = _summary(f0_error_cents(r, o, rate), a)

@@ -162,10 +162,11 @@ def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root
     audio = [int(c) for c in cfg.loss.audio_channels]
     ident = {int(c): v for c, v in ev["identifiability"]["per_channel"].items()}
     emg = [v for c, v in ident.items() if c not in audio]
+    # wall time of the whole run, across resumes (the log's wall_s is cumulative)
+    train_wall_s = float(log[-1].get("wall_s", wall_s)) if log else wall_s
     out: dict[str, Any] = {
         "steps": steps, "epochs": round(epochs_seen(cfg, steps, data_root), 3),
-        # wall time of the whole run, across resumes (the log's wall_s is cumulative)
-        "train_wall_s": round(float(log[-1].get("wall_s", wall_s)) if log else wall_s, 1), **final_losses(log, loss_weights(cfg)),
+        "train_wall_s": round(train_wall_s, 1), **final_losses(log, loss_weights(cfg)),
         "identifiability_audio": ident[audio[0]] if audio else None,
         "identifiability_emg": float(np.mean(emg)) if emg else None,
         "identifiability_per_channel": [ident[c] for c in sorted(ident)],

@@ -108,7 +108,8 @@ def _supersede_stale(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) 
     ckpt_path = run_dir / "checkpoint.pt"
     if not ckpt_path.exists():
         return
-    changed = C.config_changes(C.load_checkpoint(ckpt_path).get("config"), cfg.to_dict())
+    changed = C.section_changes(C.load_checkpoint(ckpt_path).get("config"), cfg.to_dict(),
+                                C.TRAINING_SECTIONS)
     if not changed:
         return  # the same run, killed: it resumes
     old = run_dir.with_name(run_dir.name + ".superseded")

@@ -138,6 +138,9 @@ def test_runbook_moves_a_checkpoint_of_another_config_aside(tmp_path):
     logs = []
     _supersede_stale(run_dir, cfg, logs.append)  # same config: a killed run, kept to resume
     assert (run_dir / "checkpoint.pt").exists() and logs == []
+    retitled = load_run_config("02_audio_codec/a_rvq_vae_3", "smoke", {"title": "renamed"})
+    _supersede_stale(run_dir, retitled, logs.append)  # a new title alone keeps the checkpoint
+    assert (run_dir / "checkpoint.pt").exists() and logs == []
     changed = load_run_config("02_audio_codec/a_rvq_vae_3", "smoke", {"model.latent_dim": 4})
     _supersede_stale(run_dir, changed, logs.append)
     assert not run_dir.exists()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mlmlmlm.models.codec import Codec, CodecConfig, build_on_meta
-from mlmlmlm.nn.layers import Snake, snake_fused, snake_plain
+from mlmlmlm.nn.layers import PointwiseConv1d, Snake, snake_fused, snake_plain
 
 
 def tiny(**kw) -> CodecConfig:
@@ -147,3 +147,20 @@ def test_snake_module_fused_and_plain_agree():
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(2, 6, 50)
     torch.testing.assert_close(fused(x), plain(x), atol=1e-6, rtol=0)
+
+
+def test_pointwise_conv_equals_conv1d_values_and_gradients():
+    torch.manual_seed(0)
+    fast = PointwiseConv1d(8, 5)
+    ref = torch.nn.Conv1d(8, 5, kernel_size=1)
+    ref.load_state_dict(fast.state_dict())  # same parameters, same state-dict keys and shapes
+    x1 = torch.randn(3, 8, 100, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = fast(x1), ref(x2)
+    torch.testing.assert_close(y1, y2)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(fast.bias.grad, ref.bias.grad)

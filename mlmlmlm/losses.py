@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from auraloss.freq import MultiResolutionSTFTLoss
+from auraloss.perceptual import FIRFilter
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -41,6 +42,9 @@ class LossConfig:
     perceptual_weighting: bool = True
     audio_channels: list[int] = field(default_factory=lambda: [0])
     emg_fft_sizes: list[int] | None = None
+    # EMG channels scored on this many mel bands instead of single FFT bins (auraloss's
+    # scale="mel"; below 1 kHz mel bands are nearly linear). None: per-bin, as the paper.
+    emg_mel_bins: int | None = None
     discriminator: bool = False
     disc_channels: int = 32
     disc_fft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
@@ -59,16 +63,37 @@ class LossConfig:
         self.lambdas = {**DEFAULT_LAMBDAS, **self.lambdas}
 
 
-def _mrstft(fft_sizes: list[int], sample_rate: float | None, weighting: bool) -> nn.Module:
+def _mrstft(fft_sizes: list[int], mel_bins: int | None = None,
+            sample_rate: float | None = None) -> nn.Module:
     # hop = fft/4, window = fft, Hann (paper); auraloss defaults: spectral convergence + log-mag L1
+    mel = {"scale": "mel", "n_bins": mel_bins, "sample_rate": sample_rate} if mel_bins else {}
     return MultiResolutionSTFTLoss(
         fft_sizes=list(fft_sizes),
         hop_sizes=[n // 4 for n in fft_sizes],
         win_lengths=list(fft_sizes),
         window="hann_window",
-        sample_rate=sample_rate if weighting else None,
-        perceptual_weighting=weighting,
+        **mel,
     )
+
+
+class AWeighting(nn.Module):
+    """auraloss's A-weighting pre-filter (101-tap FIR fitted to IEC A-weighting), applied ONCE.
+
+    ``MultiResolutionSTFTLoss(perceptual_weighting=True)`` filters both signals again inside
+    every resolution (7 times for the paper's FFT sizes); the filter is linear and the same each
+    time, so filtering once and scoring unweighted gives the same loss. On 2 CPU cores the
+    repeated 1-channel 101-tap convolution was about a quarter of a cpu-scale training step.
+    ``recon, x``: Tensor[B x 1 x T] -> both filtered, same shape (``x`` without autograd).
+    """
+
+    def __init__(self, sample_rate: float):
+        super().__init__()
+        self.fir = FIRFilter(filter_type="aw", fs=sample_rate).fir
+
+    def forward(self, recon: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            x = self.fir(x)
+        return self.fir(recon), x
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,8 +196,9 @@ class CodecLoss(nn.Module):
         if bad:
             raise ValueError(f"audio_channels {bad} out of range for {in_channels} channels")
         self.cfg, self.in_channels = cfg, in_channels
-        self.mrstft_audio = _mrstft(cfg.fft_sizes, sample_rate, cfg.perceptual_weighting)
-        self.mrstft_emg = _mrstft(cfg.emg_fft_sizes or cfg.fft_sizes, None, weighting=False)
+        self.mrstft_audio = _mrstft(cfg.fft_sizes)
+        self.a_weighting = AWeighting(sample_rate) if cfg.perceptual_weighting else None
+        self.mrstft_emg = _mrstft(cfg.emg_fft_sizes or cfg.fft_sizes, cfg.emg_mel_bins, sample_rate)
         self.disc = (
             MultiScaleSTFTDiscriminator(in_channels, cfg.disc_channels, cfg.disc_fft_sizes)
             if cfg.discriminator
@@ -224,9 +250,14 @@ class CodecLoss(nn.Module):
         audio = set(self.cfg.audio_channels)
         losses = []
         for c in range(x.shape[1]):
-            fn = self.mrstft_audio if c in audio else self.mrstft_emg
+            r, t = recon[:, c : c + 1], x[:, c : c + 1]
+            if c not in audio:
+                losses.append(self.mrstft_emg(r, t))
+                continue
+            if self.a_weighting is not None:
+                r, t = self.a_weighting(r, t)
             # auraloss takes (input, target); the spectral convergence divides by the target
-            losses.append(fn(recon[:, c : c + 1], x[:, c : c + 1]))
+            losses.append(self.mrstft_audio(r, t))
         return torch.stack(losses)
 
     def weighted(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:

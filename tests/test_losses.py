@@ -147,3 +147,28 @@ def test_loss_config_validation():
         CodecLoss.for_codec(LossConfig(lambdas={"kl": 1e-3}), codec_cfg)
     with pytest.raises(ValueError, match="out of range"):
         CodecLoss(LossConfig(audio_channels=[3]), in_channels=1)
+
+
+def test_a_weighting_once_gives_auralosss_gradient():
+    """Filtering once (our speed-up) == auraloss filtering inside every resolution, gradients too."""
+    loss = CodecLoss(LossConfig(fft_sizes=FFT, audio_channels=[0]), SR, in_channels=1)
+    x = torch.randn(2, 1, 1024)
+    ours = (x + 0.3 * torch.randn_like(x)).requires_grad_()
+    theirs = ours.detach().clone().requires_grad_()
+    loss.mrstft_per_channel(ours, x)[0].backward()
+    _aura(True)(theirs, x).backward()
+    torch.testing.assert_close(ours.grad, theirs.grad)
+
+
+def test_emg_mel_bins_scores_emg_on_bands_audio_unchanged():
+    """``emg_mel_bins``: EMG channels on mel bands (auraloss scale="mel"), audio as before."""
+    cfg = LossConfig(fft_sizes=FFT, audio_channels=[0], emg_mel_bins=8)
+    loss = CodecLoss(cfg, SR, in_channels=2)
+    x = torch.randn(2, 2, 1024)
+    recon = x + 0.5 * torch.randn_like(x)
+    per = loss.mrstft_per_channel(recon, x)
+    banded = MultiResolutionSTFTLoss(FFT, [n // 4 for n in FFT], FFT, sample_rate=SR,
+                                     scale="mel", n_bins=8)
+    torch.testing.assert_close(per[1], banded(recon[:, 1:], x[:, 1:]))
+    torch.testing.assert_close(per[0], _aura(True)(recon[:, :1], x[:, :1]))
+    assert not torch.isclose(per[1], _aura(False)(recon[:, 1:], x[:, 1:]))

@@ -1,5 +1,6 @@
 """Benchmarks that print JSON: codec training throughput, encode/decode real-time factor, and the
-fused Snake against the plain elementwise Snake measured side by side in one run.
+fused Snake against the plain elementwise Snake (and the other CPU speed-ups against what they
+replaced) measured side by side in one run.
 
 Introduced in notebook 02_audio_codec (``mlmlmlm bench codec --json``). Numbers are for the
 machine they ran on; compare ratios measured in one run, never absolute times across machines.
@@ -119,11 +120,48 @@ def bench_snake(channels: int = 128, length: int = 65536, reps: int = 7) -> dict
     return {"shape": [4, channels, length], "plain_s": p, "fused_s": f, "fused_speedup": p / f}
 
 
+def bench_speedups(channels: int = 8, length: int = 32768, batch: int = 4, reps: int = 7) -> dict:
+    """Two CPU speed-ups of the codec step, each against what it replaced, interleaved in one run:
+    kernel-1 convolutions as ``baddbmm`` (:class:`~mlmlmlm.nn.layers.PointwiseConv1d`) against
+    ``nn.Conv1d``, and the A-weighted MRSTFT filtering once
+    (:meth:`~mlmlmlm.losses.CodecLoss.mrstft_per_channel`) against auraloss filtering inside
+    every resolution. Forward + backward, the cpu-scale audio shapes by default."""
+    from auraloss.freq import MultiResolutionSTFTLoss
+
+    from mlmlmlm.losses import CodecLoss, LossConfig
+    from mlmlmlm.nn.layers import PointwiseConv1d
+
+    fast = PointwiseConv1d(channels, channels)
+    conv = torch.nn.Conv1d(channels, channels, 1)
+    x = torch.randn(batch, channels, length, requires_grad=True)
+    cfg = LossConfig()
+    ours = CodecLoss(cfg, 44100.0, in_channels=1)
+    theirs = MultiResolutionSTFTLoss(cfg.fft_sizes, [n // 4 for n in cfg.fft_sizes],
+                                     cfg.fft_sizes, sample_rate=44100.0,
+                                     perceptual_weighting=True)
+    target = torch.randn(batch, 1, length)
+    recon = (target + 0.1 * torch.randn_like(target)).requires_grad_()
+    pairs = {
+        "pointwise_conv": (lambda: conv(x).sum().backward(), lambda: fast(x).sum().backward()),
+        "a_weighted_mrstft": (lambda: theirs(recon, target).backward(),
+                              lambda: ours.mrstft_per_channel(recon, target)[0].backward()),
+    }
+    out = {"shape": [batch, channels, length]}
+    for name, (before, after) in pairs.items():
+        b_t, a_t = [], []
+        for _ in range(reps):  # interleave so machine noise hits both alike
+            b_t.append(_median_time(before, 1, warmup=0))
+            a_t.append(_median_time(after, 1, warmup=0))
+        b_s, a_s = sorted(b_t)[reps // 2], sorted(a_t)[reps // 2]
+        out[name] = {"before_s": b_s, "after_s": a_s, "speedup": b_s / a_s}
+    return out
+
+
 def bench_codec(scales: tuple[str, ...] = ("cpu", "paper")) -> dict:
     """Everything ``mlmlmlm bench codec --json`` prints."""
     torch.manual_seed(0)
     out = {"device": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count(),
-           "snake": bench_snake(), "runs": []}
+           "snake": bench_snake(), "speedups": bench_speedups(), "runs": []}
     for scale in scales:
         for run in BENCH_RUNS:
             # paper scale on CPU: one short item, so the benchmark finishes in minutes

@@ -3,7 +3,7 @@
 
 import json
 
-from mlmlmlm.bench import bench_codec_run, bench_snake
+from mlmlmlm.bench import bench_codec_run, bench_snake, bench_speedups
 
 
 def test_bench_snake_fields():
@@ -19,4 +19,12 @@ def test_bench_codec_run_fields():
                 "encode_gflop_per_s_of_signal"):
         assert out[key] > 0, key
     assert out["hop"] == 128 and out["sample_rate"] == 2756.25
+    json.dumps(out)
+
+
+def test_bench_speedups_fields():
+    out = bench_speedups(channels=4, length=4096, batch=1, reps=1)
+    for name in ("pointwise_conv", "a_weighted_mrstft"):
+        assert out[name]["before_s"] > 0 and out[name]["after_s"] > 0
+        assert out[name]["speedup"] == out[name]["before_s"] / out[name]["after_s"]
     json.dumps(out)

@@ -149,8 +149,8 @@ def test_loss_config_validation():
         CodecLoss(LossConfig(audio_channels=[3]), in_channels=1)
 
 
-def test_a_weighting_once_gives_auralosss_gradient():
-    """Filtering once (our speed-up) == auraloss filtering inside every resolution, gradients too."""
+def test_a_weighting_once_matches_auraloss_gradient():
+    """Filtering once (our speed-up) == auraloss filtering in every resolution, gradients too."""
     loss = CodecLoss(LossConfig(fft_sizes=FFT, audio_channels=[0]), SR, in_channels=1)
     x = torch.randn(2, 1, 1024)
     ours = (x + 0.3 * torch.randn_like(x)).requires_grad_()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
@@ -157,11 +158,62 @@ def bench_speedups(channels: int = 8, length: int = 32768, batch: int = 4, reps:
     return out
 
 
+@contextmanager
+def _before_speedups(loss):
+    """The code paths the CPU speed-ups replaced: kernel-1 convolutions through oneDNN and
+    auraloss's A-weighting inside every STFT resolution."""
+    from auraloss.freq import MultiResolutionSTFTLoss
+
+    from mlmlmlm.nn.layers import PointwiseConv1d
+
+    saved = loss.mrstft_audio, loss.a_weighting
+    sizes = loss.cfg.fft_sizes
+    if loss.a_weighting is not None:
+        loss.mrstft_audio = MultiResolutionSTFTLoss(
+            sizes, [n // 4 for n in sizes], sizes, sample_rate=loss.sample_rate,
+            perceptual_weighting=True)
+        loss.a_weighting = None
+    PointwiseConv1d.batched_matmul = False
+    try:
+        yield
+    finally:
+        PointwiseConv1d.batched_matmul = True
+        loss.mrstft_audio, loss.a_weighting = saved
+
+
+def bench_step_speedup(run: str = "02_audio_codec/a_rvq_vae_3", scale: str = "cpu",
+                       reps: int = 5) -> dict:
+    """One whole generator step (forward, loss, backward, Adam) of ``run`` before and after the
+    speed-ups, same weights and batch, interleaved in one run."""
+    cfg, model, loss = _models(run, scale)
+    x = torch.randn(cfg.train.batch_size, cfg.model.in_channels, cfg.data.segment) * 0.1
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss.generator(x, model(x), 10**6)["train"].backward()
+        opt.step()
+
+    def before():
+        with _before_speedups(loss):
+            step()
+
+    step()  # k-means initialisation of the codebooks happens here, outside the timings
+    b_t, a_t = [], []
+    for _ in range(reps):
+        b_t.append(_median_time(before, 1, warmup=0))
+        a_t.append(_median_time(step, 1, warmup=0))
+    b_s, a_s = sorted(b_t)[reps // 2], sorted(a_t)[reps // 2]
+    return {"run": run, "scale": scale, "before_s": b_s, "after_s": a_s, "speedup": b_s / a_s}
+
+
 def bench_codec(scales: tuple[str, ...] = ("cpu", "paper")) -> dict:
     """Everything ``mlmlmlm bench codec --json`` prints."""
     torch.manual_seed(0)
     out = {"device": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count(),
-           "snake": bench_snake(), "speedups": bench_speedups(), "runs": []}
+           "snake": bench_snake(), "speedups": bench_speedups(),
+           "step_speedup": bench_step_speedup(), "runs": []}
     for scale in scales:
         for run in BENCH_RUNS:
             # paper scale on CPU: one short item, so the benchmark finishes in minutes

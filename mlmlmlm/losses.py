@@ -195,7 +195,7 @@ class CodecLoss(nn.Module):
         bad = [c for c in cfg.audio_channels if not 0 <= c < in_channels]
         if bad:
             raise ValueError(f"audio_channels {bad} out of range for {in_channels} channels")
-        self.cfg, self.in_channels = cfg, in_channels
+        self.cfg, self.in_channels, self.sample_rate = cfg, in_channels, sample_rate
         self.mrstft_audio = _mrstft(cfg.fft_sizes)
         self.a_weighting = AWeighting(sample_rate) if cfg.perceptual_weighting else None
         self.mrstft_emg = _mrstft(cfg.emg_fft_sizes or cfg.fft_sizes, cfg.emg_mel_bins, sample_rate)

@@ -3,7 +3,7 @@
 
 import json
 
-from mlmlmlm.bench import bench_codec_run, bench_snake, bench_speedups
+from mlmlmlm.bench import bench_codec_run, bench_snake, bench_speedups, bench_step_speedup
 
 
 def test_bench_snake_fields():
@@ -27,4 +27,13 @@ def test_bench_speedups_fields():
     for name in ("pointwise_conv", "a_weighted_mrstft"):
         assert out[name]["before_s"] > 0 and out[name]["after_s"] > 0
         assert out[name]["speedup"] == out[name]["before_s"] / out[name]["after_s"]
+    json.dumps(out)
+
+
+def test_bench_step_speedup_restores_the_fast_paths():
+    from mlmlmlm.nn.layers import PointwiseConv1d
+
+    out = bench_step_speedup("02_audio_codec/a_rvq_vae_1", "smoke", reps=1)
+    assert out["before_s"] > 0 and out["after_s"] > 0
+    assert PointwiseConv1d.batched_matmul  # the reference path is switched off again
     json.dumps(out)

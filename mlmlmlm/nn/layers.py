@@ -132,13 +132,18 @@ class PointwiseConv1d(nn.Conv1d):
     oneDNN handles narrow kernel-1 convolutions badly on CPU: at 8 channels x 32768 samples a
     forward+backward took 24 ms as a convolution and 2.3 ms as ``baddbmm`` (2 cores; the
     cpu-scale codec has 12 of them at the full sample rate). ``x``: Tensor[B x C_in x T] ->
-    Tensor[B x C_out x T].
+    Tensor[B x C_out x T]. ``batched_matmul = False`` (class attribute) takes the convolution
+    path instead, for the benchmark's side-by-side comparison.
     """
+
+    batched_matmul = True
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if not self.batched_matmul:
+            return super()._conv_forward(x, weight, bias)
         w = weight[:, :, 0].expand(x.shape[0], -1, -1)  # [B x C_out x C_in], no copy
         if bias is None:
             return torch.bmm(w, x)

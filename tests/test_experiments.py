@@ -2,6 +2,8 @@
 corpus; a trained codec rebuilds identically from its checkpoint file alone; the config tables
 match the paper's Tables 1, 3 and 5 at the `paper` scale."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -101,6 +103,17 @@ def test_native_long_is_the_native_codec_trained_longer():
     cpu_long = load_run_config("04_emg_codec/emg_rvq_vae_native_long", "cpu").train.max_steps
     upsampled = load_run_config("04_emg_codec/emg_rvq_vae", "cpu").train.max_steps
     assert cpu_short == upsampled and cpu_long >= 5 * upsampled
+
+
+def test_native_bands_differs_from_native_long_in_the_emg_loss_only():
+    for scale in ("cpu", "paper"):
+        long = load_run_config("04_emg_codec/emg_rvq_vae_native_long", scale)
+        bands = load_run_config("04_emg_codec/emg_rvq_vae_native_bands", scale)
+        assert bands.model == long.model and bands.data == long.data
+        assert bands.train == long.train
+        assert long.loss.emg_mel_bins is None and bands.loss.emg_mel_bins == 16
+        assert dataclasses.replace(bands.loss, emg_mel_bins=None,
+                                   fft_sizes=long.loss.fft_sizes) == long.loss
 
 
 def test_cli_train_with_overrides_and_eval(smoke_corpus, tmp_path):

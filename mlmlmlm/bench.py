@@ -34,6 +34,17 @@ def _median_time(fn: Callable[[], None], reps: int, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
+def _side_by_side(before: Callable[[], None], after: Callable[[], None], reps: int) -> dict:
+    """Median seconds of ``before`` and ``after``, timed alternately so machine noise hits both
+    alike: ``{"before_s", "after_s", "speedup"}``."""
+    b_t, a_t = [], []
+    for _ in range(reps):
+        b_t.append(_median_time(before, 1, warmup=0))
+        a_t.append(_median_time(after, 1, warmup=0))
+    b_s, a_s = sorted(b_t)[reps // 2], sorted(a_t)[reps // 2]
+    return {"before_s": b_s, "after_s": a_s, "speedup": b_s / a_s}
+
+
 def _models(run: str, scale: str):
     from mlmlmlm.experiment import build_codec, build_loss
 
@@ -111,14 +122,9 @@ def bench_snake(channels: int = 128, length: int = 65536, reps: int = 7) -> dict
             fn(x, alpha, beta).sum().backward()
         return go
 
-    plain, fused = [], []
-    for _ in range(reps):  # interleave so machine noise hits both alike
-        plain.append(_median_time(run(snake_plain), 1, warmup=0))
-        fused.append(_median_time(run(snake_fused), 1, warmup=0))
-    plain.sort()
-    fused.sort()
-    p, f = plain[reps // 2], fused[reps // 2]
-    return {"shape": [4, channels, length], "plain_s": p, "fused_s": f, "fused_speedup": p / f}
+    t = _side_by_side(run(snake_plain), run(snake_fused), reps)
+    return {"shape": [4, channels, length], "plain_s": t["before_s"], "fused_s": t["after_s"],
+            "fused_speedup": t["speedup"]}
 
 
 def bench_speedups(channels: int = 8, length: int = 32768, batch: int = 4, reps: int = 7) -> dict:
@@ -147,15 +153,8 @@ def bench_speedups(channels: int = 8, length: int = 32768, batch: int = 4, reps:
         "a_weighted_mrstft": (lambda: theirs(recon, target).backward(),
                               lambda: ours.mrstft_per_channel(recon, target)[0].backward()),
     }
-    out = {"shape": [batch, channels, length]}
-    for name, (before, after) in pairs.items():
-        b_t, a_t = [], []
-        for _ in range(reps):  # interleave so machine noise hits both alike
-            b_t.append(_median_time(before, 1, warmup=0))
-            a_t.append(_median_time(after, 1, warmup=0))
-        b_s, a_s = sorted(b_t)[reps // 2], sorted(a_t)[reps // 2]
-        out[name] = {"before_s": b_s, "after_s": a_s, "speedup": b_s / a_s}
-    return out
+    return {"shape": [batch, channels, length]} | {
+        name: _side_by_side(before, after, reps) for name, (before, after) in pairs.items()}
 
 
 @contextmanager
@@ -200,12 +199,7 @@ def bench_step_speedup(run: str = "02_audio_codec/a_rvq_vae_3", scale: str = "cp
             step()
 
     step()  # k-means initialisation of the codebooks happens here, outside the timings
-    b_t, a_t = [], []
-    for _ in range(reps):
-        b_t.append(_median_time(before, 1, warmup=0))
-        a_t.append(_median_time(step, 1, warmup=0))
-    b_s, a_s = sorted(b_t)[reps // 2], sorted(a_t)[reps // 2]
-    return {"run": run, "scale": scale, "before_s": b_s, "after_s": a_s, "speedup": b_s / a_s}
+    return {"run": run, "scale": scale} | _side_by_side(before, step, reps)
 
 
 def bench_codec(scales: tuple[str, ...] = ("cpu", "paper")) -> dict:

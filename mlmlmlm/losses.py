@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from auraloss.freq import MultiResolutionSTFTLoss
 from auraloss.perceptual import FIRFilter
 from torch import Tensor, nn
@@ -88,12 +89,14 @@ class AWeighting(nn.Module):
 
     def __init__(self, sample_rate: float):
         super().__init__()
-        self.fir = FIRFilter(filter_type="aw", fs=sample_rate).fir
+        taps = FIRFilter(filter_type="aw", fs=sample_rate).fir.weight.detach().clone()  # [1,1,101]
+        self.register_buffer("taps", taps, persistent=False)  # a constant: not in checkpoints
 
     def forward(self, recon: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        pad = self.taps.shape[-1] // 2  # "same" length, as auraloss
         with torch.no_grad():
-            x = self.fir(x)
-        return self.fir(recon), x
+            x = F.conv1d(x, self.taps, padding=pad)
+        return F.conv1d(recon, self.taps, padding=pad), x
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,6 +222,13 @@ class CodecLoss(nn.Module):
             )
         cfg = replace(cfg, lambdas={**cfg.lambdas, "kl": codec_cfg.kl_beta})
         return cls(cfg, codec_cfg.sample_rate, codec_cfg.in_channels)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module``'s, but checkpoints written while auraloss applied the A-weighting
+        carry its (constant) FIR taps once per resolution under ``...prefilter.fir.weight``:
+        those keys are dropped, so such runs still resume."""
+        state_dict = {k: v for k, v in state_dict.items() if ".prefilter." not in k}
+        return super().load_state_dict(state_dict, strict, assign)
 
     @property
     def has_discriminator(self) -> bool:

@@ -172,3 +172,12 @@ def test_emg_mel_bins_scores_emg_on_bands_audio_unchanged():
     torch.testing.assert_close(per[1], banded(recon[:, 1:], x[:, 1:]))
     torch.testing.assert_close(per[0], _aura(True)(recon[:, :1], x[:, :1]))
     assert not torch.isclose(per[1], _aura(False)(recon[:, 1:], x[:, 1:]))
+
+
+def test_loss_state_from_before_the_a_weighting_change_still_loads():
+    loss = CodecLoss(LossConfig(fft_sizes=FFT, audio_channels=[0]), SR, in_channels=1)
+    state = loss.state_dict()
+    assert not any("taps" in k or "prefilter" in k for k in state)  # constants stay out
+    legacy = dict(state) | {f"mrstft_audio.stft_losses.{i}.prefilter.fir.weight":
+                            torch.zeros(1, 1, 101) for i in range(len(FFT))}
+    loss.load_state_dict(legacy)  # strict: nothing missing, the legacy keys dropped

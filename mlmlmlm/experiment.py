@@ -18,8 +18,12 @@ import torch
 
 from mlmlmlm.config import REPO_ROOT, RunConfig, config_from_dict, load_run_config
 
-# Loss columns of the paper's Tables 2, 4 and 6, in order (absent terms show as an em dash).
-LOSS_KEYS = ("mrstft", "kl", "quantizer", "adversarial", "feature_matching", "disc", "train")
+# Loss columns of the paper's Tables 2, 4 and 6, in order, with their column labels (absent terms
+# show as an em dash). The results tables (mlmlmlm.report.TABLES) take their loss columns from here.
+LOSS_LABELS = {"mrstft": "MRSTFT", "kl": "KL", "quantizer": "quantizer",
+               "adversarial": "adversarial", "feature_matching": "feature-matching",
+               "disc": "disc.", "train": "train"}
+LOSS_KEYS = tuple(LOSS_LABELS)
 
 
 def data_config(cfg: RunConfig, data_root: str | Path):

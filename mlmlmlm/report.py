@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmlmlm.experiment import LOSS_LABELS
+
 # One look for every spectrogram in the book (so pictures compare across runs and chapters).
 DB_RANGE = (-100.0, 0.0)  # dB re full scale: a full-scale sine peaks at 0 dB
 CMAP = "magma"
@@ -256,13 +258,7 @@ TABLES = {
         {"key": "metrics.steps", "label": "steps", "ours": True},
         {"key": "metrics.train_wall_s", "label": "training (s)", "ours": True},
         {"key": "metrics.epochs", "label": "epochs"},
-        {"key": "metrics.mrstft", "label": "MRSTFT ↓"},
-        {"key": "metrics.kl", "label": "KL ↓"},
-        {"key": "metrics.quantizer", "label": "quantizer ↓"},
-        {"key": "metrics.adversarial", "label": "adversarial ↓"},
-        {"key": "metrics.feature_matching", "label": "feature-matching ↓"},
-        {"key": "metrics.disc", "label": "disc. ↓"},
-        {"key": "metrics.train", "label": "train ↓"},
+        *({"key": f"metrics.{k}", "label": f"{label} ↓"} for k, label in LOSS_LABELS.items()),
         {"key": "metrics.identifiability_audio", "label": "identifiability (audio) ↑", "ours": True},
         {"key": "metrics.identifiability_emg", "label": "identifiability (EMG, mean) ↑",
          "ours": True},

@@ -127,36 +127,6 @@ def bench_snake(channels: int = 128, length: int = 65536, reps: int = 7) -> dict
             "fused_speedup": t["speedup"]}
 
 
-def bench_speedups(channels: int = 8, length: int = 32768, batch: int = 4, reps: int = 7) -> dict:
-    """Two CPU speed-ups of the codec step, each against what it replaced, interleaved in one run:
-    kernel-1 convolutions as ``baddbmm`` (:class:`~mlmlmlm.nn.layers.PointwiseConv1d`) against
-    ``nn.Conv1d``, and the A-weighted MRSTFT filtering once
-    (:meth:`~mlmlmlm.losses.CodecLoss.mrstft_per_channel`) against auraloss filtering inside
-    every resolution. Forward + backward, the cpu-scale audio shapes by default."""
-    from auraloss.freq import MultiResolutionSTFTLoss
-
-    from mlmlmlm.losses import CodecLoss, LossConfig
-    from mlmlmlm.nn.layers import PointwiseConv1d
-
-    fast = PointwiseConv1d(channels, channels)
-    conv = torch.nn.Conv1d(channels, channels, 1)
-    x = torch.randn(batch, channels, length, requires_grad=True)
-    cfg = LossConfig()
-    ours = CodecLoss(cfg, 44100.0, in_channels=1)
-    theirs = MultiResolutionSTFTLoss(cfg.fft_sizes, [n // 4 for n in cfg.fft_sizes],
-                                     cfg.fft_sizes, sample_rate=44100.0,
-                                     perceptual_weighting=True)
-    target = torch.randn(batch, 1, length)
-    recon = (target + 0.1 * torch.randn_like(target)).requires_grad_()
-    pairs = {
-        "pointwise_conv": (lambda: conv(x).sum().backward(), lambda: fast(x).sum().backward()),
-        "a_weighted_mrstft": (lambda: theirs(recon, target).backward(),
-                              lambda: ours.mrstft_per_channel(recon, target)[0].backward()),
-    }
-    return {"shape": [batch, channels, length]} | {
-        name: _side_by_side(before, after, reps) for name, (before, after) in pairs.items()}
-
-
 @contextmanager
 def _before_speedups(loss):
     """The code paths the CPU speed-ups replaced: kernel-1 convolutions through oneDNN and
@@ -180,6 +150,40 @@ def _before_speedups(loss):
         loss.mrstft_audio, loss.a_weighting = saved
 
 
+def _as_before(loss, fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` run on the code paths the speed-ups replaced (:func:`_before_speedups`)."""
+    def go():
+        with _before_speedups(loss):
+            fn()
+    return go
+
+
+def bench_speedups(channels: int = 8, length: int = 32768, batch: int = 4, reps: int = 7) -> dict:
+    """Two CPU speed-ups of the codec step, each against what it replaced, interleaved in one run:
+    kernel-1 convolutions as ``baddbmm`` (:class:`~mlmlmlm.nn.layers.PointwiseConv1d`) against
+    ``nn.Conv1d``, and the A-weighted MRSTFT filtering once
+    (:meth:`~mlmlmlm.losses.CodecLoss.mrstft_per_channel`) against auraloss filtering inside
+    every resolution. Forward + backward, the cpu-scale audio shapes by default."""
+    from mlmlmlm.losses import CodecLoss, LossConfig
+    from mlmlmlm.nn.layers import PointwiseConv1d
+
+    conv = PointwiseConv1d(channels, channels)
+    x = torch.randn(batch, channels, length, requires_grad=True)
+    loss = CodecLoss(LossConfig(), 44100.0, in_channels=1)
+    target = torch.randn(batch, 1, length)
+    recon = (target + 0.1 * torch.randn_like(target)).requires_grad_()
+
+    def conv_step():
+        conv(x).sum().backward()
+
+    def loss_step():
+        loss.mrstft_per_channel(recon, target)[0].backward()
+
+    pairs = {"pointwise_conv": conv_step, "a_weighted_mrstft": loss_step}
+    return {"shape": [batch, channels, length]} | {
+        name: _side_by_side(_as_before(loss, fn), fn, reps) for name, fn in pairs.items()}
+
+
 def bench_step_speedup(run: str = "02_audio_codec/a_rvq_vae_3", scale: str = "cpu",
                        reps: int = 5) -> dict:
     """One whole generator step (forward, loss, backward, Adam) of ``run`` before and after the
@@ -194,12 +198,8 @@ def bench_step_speedup(run: str = "02_audio_codec/a_rvq_vae_3", scale: str = "cp
         loss.generator(x, model(x), 10**6)["train"].backward()
         opt.step()
 
-    def before():
-        with _before_speedups(loss):
-            step()
-
     step()  # k-means initialisation of the codebooks happens here, outside the timings
-    return {"run": run, "scale": scale} | _side_by_side(before, step, reps)
+    return {"run": run, "scale": scale} | _side_by_side(_as_before(loss, step), step, reps)
 
 
 def bench_codec(scales: tuple[str, ...] = ("cpu", "paper")) -> dict:

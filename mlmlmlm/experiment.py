@@ -17,12 +17,9 @@ import numpy as np
 import torch
 
 from mlmlmlm.config import REPO_ROOT, RunConfig, config_from_dict, load_run_config
+from mlmlmlm.report import LOSS_LABELS
 
-# Loss columns of the paper's Tables 2, 4 and 6, in order, with their column labels (absent terms
-# show as an em dash). The results tables (mlmlmlm.report.TABLES) take their loss columns from here.
-LOSS_LABELS = {"mrstft": "MRSTFT", "kl": "KL", "quantizer": "quantizer",
-               "adversarial": "adversarial", "feature_matching": "feature-matching",
-               "disc": "disc.", "train": "train"}
+# Loss columns of the paper's Tables 2, 4 and 6, in order (absent terms show as an em dash).
 LOSS_KEYS = tuple(LOSS_LABELS)
 
 

@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from mlmlmlm.experiment import LOSS_LABELS
+# The loss columns of the paper's Tables 2, 4 and 6, in order, and their labels
+# (mlmlmlm.experiment.LOSS_KEYS is this order; the codec results table below shows them).
+LOSS_LABELS = {"mrstft": "MRSTFT", "kl": "KL", "quantizer": "quantizer",
+               "adversarial": "adversarial", "feature_matching": "feature-matching",
+               "disc": "disc.", "train": "train"}
 
 # One look for every spectrogram in the book (so pictures compare across runs and chapters).
 DB_RANGE = (-100.0, 0.0)  # dB re full scale: a full-scale sine peaks at 0 dB

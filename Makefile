@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,lab]'
 	# tinysoundfont declares pyaudio (PortAudio) only for playback; biosignalsnotebooks is read
-	# for its PLUX EMG files only (with h5py) and its own import is broken: both without deps.
-	$(BIN)/pip install -q --no-deps tinysoundfont==0.3.7 biosignalsnotebooks==0.6.14
+	# for its PLUX EMG files only (with h5py) and its own import is broken; pybela (the Bela
+	# client) pins numpy==1.26.0 and bokeh==2.4.3 exactly, though its code runs on numpy 2: its
+	# real imports are main dependencies in pyproject.toml. All three without deps.
+	$(BIN)/pip install -q --no-deps tinysoundfont==0.3.7 biosignalsnotebooks==0.6.14 pybela==2.0.3
 	touch $(STAMP)
 
 book: install

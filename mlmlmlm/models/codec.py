@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mlmlmlm.nn.cached import caches, reset_state, set_streaming
 from mlmlmlm.nn.layers import (
     OobleckDecoder,
     OobleckEncoder,
@@ -38,6 +39,11 @@ class CodecConfig:
     codebook (our ``cpu`` scale: 64 frames, 128 codes) the mean count is below 1 and about 40% of
     the codes are re-seeded at every step; a lower threshold (0.2) made the cpu-scale A RVQ-VAE 3
     worse (identifiability 0.48 against 0.75), so the paper's 2 stays.
+
+    ``causal``: left-only, cached padding in every conv (:mod:`mlmlmlm.nn.cached`), so the codec
+    streams chunk by chunk (:meth:`Codec.encode_stream`, :meth:`Codec.decode_stream`) with an
+    algorithmic latency of one hop. Off (the paper's centred padding) by default; both variants
+    have the same parameters and state-dict keys.
     """
 
     in_channels: int = 1
@@ -60,6 +66,7 @@ class CodecConfig:
     snake_beta: bool = True
     fused_snake: bool = True
     checkpointing: bool = False
+    causal: bool = False
 
     def __post_init__(self):
         if self.bottleneck not in BOTTLENECKS:
@@ -123,6 +130,12 @@ class Codec(nn.Module):
     The zero tail is part of what the encoder sees, so the last frame of a length that is not a
     multiple of ``hop`` differs from that of the longer signal.
 
+    A ``causal`` codec also streams: :meth:`encode_stream` takes chunks of whole hops,
+    :meth:`decode_stream` / :meth:`decode_codes_stream` whole frames, and the concatenated chunks
+    equal the offline :meth:`encode` / :meth:`decode` (no delay to trim). Frame ``j`` needs input
+    samples up to ``(j + 1) * hop - 1`` and decodes to output samples ``j*hop .. (j+1)*hop - 1``,
+    so the algorithmic latency is one hop (:attr:`latency_samples`) plus compute.
+
     Parameters
     ----------
     cfg : CodecConfig
@@ -143,6 +156,7 @@ class Codec(nn.Module):
             cfg.strides,
             cfg.encoder_out_dim,
             cfg.checkpointing,
+            cfg.causal,
             **snake_kw,
         )
         if cfg.bottleneck == "vae":
@@ -166,8 +180,10 @@ class Codec(nn.Module):
             cfg.strides,
             cfg.latent_dim,
             cfg.checkpointing,
+            cfg.causal,
             **snake_kw,
         )
+        self._caches = caches(self)  # the stateful streaming layers (none when centred)
 
     # ---------------------------------------------------------------- shape checks
     def _check_input(self, x: Tensor) -> None:
@@ -185,6 +201,7 @@ class Codec(nn.Module):
     # ---------------------------------------------------------------- API
     def _bottleneck(self, x: Tensor) -> BottleneckOutput:
         self._check_input(x)
+        self._stream_mode(False)
         x = pad_to_multiple(x, self.cfg.hop)  # [B, C, T] -> [B, C, T_pad]
         h = self.encoder(x)  # [B, encoder_out_dim, T_pad / hop]
         return self.bottleneck(h)
@@ -201,6 +218,7 @@ class Codec(nn.Module):
     def decode(self, z: Tensor, length: int | None = None) -> Tensor:
         """``z``: Tensor[B x D x T'] -> Tensor[B x C x T'*hop], cropped to ``length`` if given."""
         self._check_latents(z)
+        self._stream_mode(False)
         y = self.decoder(z)
         return y if length is None else y[..., :length]
 
@@ -229,6 +247,67 @@ class Codec(nn.Module):
             perplexity=b.perplexity,
         )
 
+    # ---------------------------------------------------------------- streaming (causal only)
+    def _stream_mode(self, on: bool) -> None:
+        # Entering or leaving streaming mode starts every cached layer from zeros: an offline
+        # call in the middle of a stream ends that stream.
+        if on and not self.cfg.causal:
+            raise ValueError("streaming needs a causal codec (CodecConfig.causal=True)")
+        if on and self.training:
+            raise ValueError("stream in eval mode (codec.eval()): training updates the codebooks")
+        if any(c.streaming != on for c in self._caches):
+            set_streaming(self, on)
+
+    def reset_stream(self) -> None:
+        """Start a new stream: the next chunk is the beginning of a signal (zero history)."""
+        reset_state(self)
+
+    def encode_stream(self, x: Tensor) -> EncodeResult:
+        """Encode the next chunk of a stream.
+
+        Parameters
+        ----------
+        x : Tensor[B x C x n*hop]
+            The next ``n >= 1`` hops of input; the encoder keeps what later frames still see.
+
+        Returns
+        -------
+        EncodeResult
+            ``z`` Tensor[B x D x n] and ``codes`` LongTensor[B x n_q x n] (rvq), the same frames
+            :meth:`encode` gives for the whole signal.
+        """
+        self._check_input(x)
+        hop = self.cfg.hop
+        if x.shape[-1] == 0 or x.shape[-1] % hop:
+            raise ValueError(f"stream chunks must be whole hops ({hop} samples), got {x.shape[-1]}")
+        self._stream_mode(True)
+        b = self.bottleneck(self.encoder(x))  # per frame: the RVQ streams as it is
+        return EncodeResult(z=b.z, codes=b.codes)
+
+    def decode_stream(self, z: Tensor) -> Tensor:
+        """``z``: Tensor[B x D x n] (the next ``n`` frames) -> Tensor[B x C x n*hop], the samples
+        :meth:`decode` gives for those frames of the whole signal."""
+        self._check_latents(z)
+        self._stream_mode(True)
+        return self.decoder(z)
+
+    def decode_codes_stream(self, codes: Tensor) -> Tensor:
+        """``codes``: LongTensor[B x n_q x n] -> Tensor[B x C x n*hop] (rvq only)."""
+        return self.decode_stream(self.codes_to_latents(codes))
+
+    @property
+    def latency_samples(self) -> int | None:
+        """Algorithmic latency of streaming, in input samples: one hop for a causal codec (a frame
+        is encoded when its last sample has arrived, and decodes to the hop it covers; the
+        layers add no delay of their own). ``None`` for a centred codec, which cannot stream."""
+        return self.cfg.hop if self.cfg.causal else None
+
+    @property
+    def latency_ms(self) -> float | None:
+        """:attr:`latency_samples` in milliseconds (11.6 ms for hop 256 at 22.05 kHz)."""
+        n = self.latency_samples
+        return None if n is None else 1000.0 * n / self.cfg.sample_rate
+
     # ---------------------------------------------------------------- description
     def num_params(self) -> int:
         """Trainable parameters (RVQ codebooks are EMA buffers and are not counted)."""
@@ -236,7 +315,7 @@ class Codec(nn.Module):
 
     def receptive_field(self) -> int:
         """Encoder receptive field in input samples: how many samples one latent frame sees
-        (centred: about half of it lies after the frame)."""
+        (centred: about half of it lies after the frame; causal: all of it ends with the frame)."""
         return encoder_receptive_field(self.encoder.modules())
 
     def decoder_receptive_field(self) -> int:
@@ -256,6 +335,9 @@ class Codec(nn.Module):
             "receptive_field_ms": 1000.0 * rf / cfg.sample_rate,
             "decoder_receptive_field_frames": self.decoder_receptive_field(),
             "bottleneck": cfg.bottleneck,
+            "causal": cfg.causal,
+            "latency_samples": self.latency_samples,
+            "latency_ms": self.latency_ms,
             "config": asdict(cfg),
         }
 

@@ -1,6 +1,8 @@
 """Convolutional building blocks of the Oobleck codec: Snake, weight-normed convs, encoder/decoder.
 
 Introduced in notebook 02_audio_codec (the same layers serve 03_emg_audio_codec and 04_emg_codec).
+Every block takes ``causal``: centred padding inside ``nn.Conv1d`` (False, the paper's), or the
+visible left-only, stateful padding of :mod:`mlmlmlm.nn.cached` (True, streamable).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.checkpoint import checkpoint
+
+from mlmlmlm.nn.cached import CausalConv1d, CausalConvTranspose1d
 
 SNAKE_EPS = 1e-9
 
@@ -155,17 +159,46 @@ def wn_conv_transpose1d(*args, **kwargs) -> nn.Module:
     return weight_norm(nn.ConvTranspose1d(*args, **kwargs))
 
 
+def conv(
+    c_in: int,
+    c_out: int,
+    kernel_size: int,
+    padding: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    bias: bool = True,
+    causal: bool = False,
+) -> nn.Module:
+    """Weight-normed conv: centred (``padding`` samples on each side, inside ``nn.Conv1d``) or
+    causal (:class:`~mlmlmlm.nn.cached.CausalConv1d`, which ignores ``padding`` and pads
+    ``(k - 1) * dilation + 1 - stride`` on the left). Same parameters and state-dict keys."""
+    if causal:
+        return weight_norm(CausalConv1d(c_in, c_out, kernel_size, stride, dilation, bias))
+    return wn_conv1d(
+        c_in, c_out, kernel_size, stride=stride, dilation=dilation, padding=padding, bias=bias
+    )
+
+
 class ResidualUnit(nn.Module):
     """Snake -> conv k7 (dilated) -> Snake -> conv k1, added to the input. Keeps ``[B x C x T]``.
 
-    "Same" padding ``3 * dilation`` keeps the length; the unit sees ``6 * dilation`` extra samples.
+    "Same" padding keeps the length; the unit sees ``6 * dilation`` extra samples: ``3 * dilation``
+    on each side (centred) or all ``6 * dilation`` before (causal).
     """
 
-    def __init__(self, channels: int, dilation: int, checkpointing: bool = False, **snake_kw):
+    def __init__(
+        self,
+        channels: int,
+        dilation: int,
+        checkpointing: bool = False,
+        causal: bool = False,
+        **snake_kw,
+    ):
         super().__init__()
         self.layers = nn.Sequential(
             Snake(channels, **snake_kw),
-            wn_conv1d(channels, channels, kernel_size=7, dilation=dilation, padding=3 * dilation),
+            conv(channels, channels, 7, 3 * dilation, dilation=dilation, causal=causal),
             Snake(channels, **snake_kw),
             weight_norm(PointwiseConv1d(channels, channels)),
         )
@@ -192,13 +225,21 @@ class EncoderBlock(nn.Module):
     """Residual units (dilations 1, 3, 9) then Snake + strided conv: ``[B x C_in x T]`` ->
     ``[B x C_out x T/stride]`` (downsampling AFTER the residual units, paper Fig. 5a)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, checkpointing: bool = False, **snake_kw):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        checkpointing: bool = False,
+        causal: bool = False,
+        **snake_kw,
+    ):
         super().__init__()
         pad, _ = _updown_padding(stride)
         self.layers = nn.Sequential(
-            *(ResidualUnit(c_in, d, checkpointing, **snake_kw) for d in (1, 3, 9)),
+            *(ResidualUnit(c_in, d, checkpointing, causal, **snake_kw) for d in (1, 3, 9)),
             Snake(c_in, **snake_kw),
-            wn_conv1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=pad),
+            conv(c_in, c_out, 2 * stride, pad, stride=stride, causal=causal),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -209,20 +250,27 @@ class DecoderBlock(nn.Module):
     """Snake + transposed conv then residual units (1, 3, 9): ``[B x C_in x T']`` ->
     ``[B x C_out x T'*stride]`` (upsampling BEFORE the residual units, paper Fig. 5b)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, checkpointing: bool = False, **snake_kw):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        checkpointing: bool = False,
+        causal: bool = False,
+        **snake_kw,
+    ):
         super().__init__()
         pad, out_pad = _updown_padding(stride)
+        if causal:  # no padding: the overlap-add tail waits for the next frame (cached.py)
+            up = weight_norm(CausalConvTranspose1d(c_in, c_out, 2 * stride, stride))
+        else:
+            up = wn_conv_transpose1d(
+                c_in, c_out, 2 * stride, stride=stride, padding=pad, output_padding=out_pad
+            )
         self.layers = nn.Sequential(
             Snake(c_in, **snake_kw),
-            wn_conv_transpose1d(
-                c_in,
-                c_out,
-                kernel_size=2 * stride,
-                stride=stride,
-                padding=pad,
-                output_padding=out_pad,
-            ),
-            *(ResidualUnit(c_out, d, checkpointing, **snake_kw) for d in (1, 3, 9)),
+            up,
+            *(ResidualUnit(c_out, d, checkpointing, causal, **snake_kw) for d in (1, 3, 9)),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -238,6 +286,8 @@ class OobleckEncoder(nn.Module):
     """Conv k7 -> EncoderBlocks -> Snake -> conv k3: ``[B x C x T]`` -> ``[B x out_dim x T/hop]``.
 
     ``T`` must be a multiple of ``hop = prod(strides)`` (the codec pads before calling this).
+    Causal: frame ``j`` depends on samples ``< (j + 1) * hop`` only, and streams in chunks of
+    whole hops with no delay.
     """
 
     def __init__(
@@ -248,18 +298,19 @@ class OobleckEncoder(nn.Module):
         strides: list[int],
         out_dim: int,
         checkpointing: bool = False,
+        causal: bool = False,
         **snake_kw,
     ):
         super().__init__()
         w = _widths(channels, c_mults)
         self.layers = nn.Sequential(
-            wn_conv1d(in_channels, w[0], kernel_size=7, padding=3),
+            conv(in_channels, w[0], 7, 3, causal=causal),
             *(
-                EncoderBlock(w[i], w[i + 1], s, checkpointing, **snake_kw)
+                EncoderBlock(w[i], w[i + 1], s, checkpointing, causal, **snake_kw)
                 for i, s in enumerate(strides)
             ),
             Snake(w[-1], **snake_kw),
-            wn_conv1d(w[-1], out_dim, kernel_size=3, padding=1),
+            conv(w[-1], out_dim, 3, 1, causal=causal),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -269,7 +320,8 @@ class OobleckEncoder(nn.Module):
 class OobleckDecoder(nn.Module):
     """Conv k7 -> DecoderBlocks (strides reversed) -> Snake -> conv k7 (no bias):
     ``[B x latent_dim x T']`` -> ``[B x out_channels x T'*hop]``. No final tanh (EMG is not
-    bounded to [-1, 1])."""
+    bounded to [-1, 1]). Causal: samples ``j*hop .. (j+1)*hop - 1`` depend on frames ``<= j``
+    only, and stream frame by frame with no delay."""
 
     def __init__(
         self,
@@ -279,19 +331,20 @@ class OobleckDecoder(nn.Module):
         strides: list[int],
         latent_dim: int,
         checkpointing: bool = False,
+        causal: bool = False,
         **snake_kw,
     ):
         super().__init__()
         w = _widths(channels, c_mults)
         n = len(strides)
         self.layers = nn.Sequential(
-            wn_conv1d(latent_dim, w[-1], kernel_size=7, padding=3),
+            conv(latent_dim, w[-1], 7, 3, causal=causal),
             *(
-                DecoderBlock(w[i + 1], w[i], strides[i], checkpointing, **snake_kw)
+                DecoderBlock(w[i + 1], w[i], strides[i], checkpointing, causal, **snake_kw)
                 for i in reversed(range(n))
             ),
             Snake(w[0], **snake_kw),
-            wn_conv1d(w[0], out_channels, kernel_size=7, padding=3, bias=False),
+            conv(w[0], out_channels, 7, 3, bias=False, causal=causal),
         )
 
     def forward(self, x: Tensor) -> Tensor:

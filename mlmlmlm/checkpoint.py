@@ -303,16 +303,20 @@ def section_changes(saved: Any, now: Any, sections: tuple[str, ...]) -> list[str
     return [k for k in config_changes(saved, now) if k.split(".")[0] in sections]
 
 
+class ResumeError(ValueError):
+    """A checkpoint that must not be resumed; one line naming it, the keys and the way out."""
+
+
 def check_resumable(path: Path, ckpt: dict[str, Any], extra: Any) -> None:
     """Refuse to resume ``ckpt`` (from ``path``) under a config whose model, data or loss
-    differ from the one it was written with (one-line error naming the keys)."""
+    differ from the one it was written with (:class:`ResumeError` naming the keys)."""
     if not isinstance(extra, dict) or not isinstance(ckpt.get("config"), dict):
         return
     changed = section_changes(ckpt["config"], extra, WEIGHT_SECTIONS)
     if changed:
         shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
-        raise ValueError(f"{path}: written with another configuration ({shown}); "
-                         "delete it (or use --force) to start over")
+        raise ResumeError(f"{path}: written with another configuration ({shown}); "
+                          "`mlmlmlm train ... --force` starts over (or pass another --run-dir)")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -3,11 +3,12 @@
 Introduced in notebook 01_dataset (README shows each command).
 
     mlmlmlm list                                  every <phase>/<run>
-    mlmlmlm run <phase>/<run> [--smoke] [--force] [--scale cpu|paper]
+    mlmlmlm run <phase>/<run> [--smoke] [--force] [--scale cpu|paper] [--data-root DIR]
     mlmlmlm book [--smoke] [--out DIR] [--only RUN ...] [--force]
     mlmlmlm data check PATH [--window-s 6]
-    mlmlmlm data build [--out data/default] [--minutes N] [--seed S]
-    mlmlmlm train <phase>/<run> [--scale cpu|paper] [--run-dir DIR]   (no notebook; torchrun-able)
+    mlmlmlm data build [--out data/default] [--minutes N] [--seed S] [--smoke]
+    mlmlmlm train <phase>/<run> [--scale cpu|paper|smoke] [--run-dir DIR] [--data-root DIR]
+                  [--set KEY=VALUE ...] [--eval] [--force]     (no notebook; torchrun-able)
     mlmlmlm bench codec [--json]
 """
 
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="run even if the card is up to date")
     r.add_argument("--scale", default="cpu", choices=["cpu", "paper"])
     r.add_argument("--out", type=Path, help="book root to write to (default: repo, or temp)")
+    r.add_argument("--data-root", type=Path,
+                   help="your recordings (read only; default: the book root's default corpus)")
 
     b = sub.add_parser("book", help="run every experiment, then build the Jupyter Book")
     b.add_argument("--smoke", action="store_true", help="tiny sizes, written to a temp folder")
@@ -43,10 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate a recording file or folder (exit 2 on problems)")
     c.add_argument("path", type=Path)
     c.add_argument("--window-s", type=float, default=6.0, help="window length (s)")
-    bd = dsub.add_parser("build", help="build the embedded default corpus")
-    bd.add_argument("--out", type=Path, default=Path("data/default"))
-    bd.add_argument("--minutes", type=float, default=24.0)
-    bd.add_argument("--seed", type=int, default=0)
+    bd = dsub.add_parser("build", help="build the embedded default corpus (never over a folder "
+                                      "that is not one)")
+    bd.add_argument("--out", type=Path, help="default data/default (data/smoke with --smoke)")
+    bd.add_argument("--minutes", type=float, help="default: experiments/01_dataset/base.yaml")
+    bd.add_argument("--seed", type=int, help="default: experiments/01_dataset/base.yaml")
+    bd.add_argument("--smoke", action="store_true", help="the smoke-size corpus")
 
     t = sub.add_parser("train", help="train one experiment without a notebook (torchrun-able)")
     t.add_argument("run")
@@ -59,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                         "--set train.lr=3e-3; repeatable")
     t.add_argument("--eval", action="store_true",
                    help="then evaluate on the held-out windows and print the metrics")
+    t.add_argument("--force", action="store_true",
+                   help="start over when the run dir holds a checkpoint of another configuration")
 
     be = sub.add_parser("bench", help="benchmarks that print JSON")
     be.add_argument("what", choices=["codec"])
@@ -79,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         print("mlmlmlm: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the known error types, traceback otherwise
+        from mlmlmlm.checkpoint import ResumeError
         from mlmlmlm.data.io import DataError
         from mlmlmlm.runbook import RunbookError
 
-        if isinstance(exc, (DataError, RunbookError)):
+        if isinstance(exc, (DataError, RunbookError, ResumeError)):
             print(f"mlmlmlm: {exc}", file=sys.stderr)
-            return 2 if isinstance(exc, DataError) else 1
+            return 1 if isinstance(exc, RunbookError) else 2
         raise
 
 
@@ -98,13 +106,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         import tempfile
 
         from mlmlmlm.config import REPO_ROOT
-        from mlmlmlm.runbook import default_data_root, ensure_corpus, prepare_root, run_experiment
+        from mlmlmlm.runbook import ensure_corpus, prepare_root, run_experiment
 
         root = args.out or (Path(tempfile.mkdtemp(prefix="mlmlmlm-smoke-")) if args.smoke
                             else REPO_ROOT)
         if root != REPO_ROOT:
             prepare_root(root)
-        data_root = ensure_corpus(default_data_root(root, args.smoke), args.smoke)
+        data_root = args.data_root or ensure_corpus(root, args.smoke)
         card = run_experiment(args.run, smoke=args.smoke, force=args.force, root=root,
                               data_root=data_root, scale=args.scale)
         print(f"{args.run}: {card['status']} in {card['wall_s']:.0f} s -> {root / card['page']}")
@@ -119,11 +127,20 @@ def _dispatch(args: argparse.Namespace) -> int:
             from mlmlmlm.data.check import run_check
 
             return run_check(args.path, window_s=args.window_s)
-        from mlmlmlm.data.synth.build import build_corpus
+        from mlmlmlm import paths
+        from mlmlmlm.data.corpus import default_settings, ensure_default_corpus
 
-        manifest = build_corpus(args.out, minutes=args.minutes, seed=args.seed)
-        print(json.dumps({"out": str(args.out), "recordings": len(manifest["recordings"]),
-                          "seconds": manifest.get("build", {}).get("seconds")}))
+        minutes, seed = default_settings(args.smoke)
+        minutes = minutes if args.minutes is None else args.minutes
+        seed = seed if args.seed is None else args.seed
+        out = args.out or paths.default_data_root(smoke=args.smoke)
+        ensure_default_corpus(out, minutes, seed, log=lambda m: print(m, file=sys.stderr))
+        from mlmlmlm.data.stats import manifest
+
+        man = manifest(out)
+        print(json.dumps({"out": str(out), "recordings": len(man["recordings"]),
+                          "minutes": man["minutes"], "seed": man["seed"],
+                          "seconds": man.get("build", {}).get("seconds")}))
         return 0
     if args.cmd == "train":
         from mlmlmlm.config import parse_overrides
@@ -131,7 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         out = train_run(args.run, scale=args.scale, run_dir=args.run_dir,
                         data_root=args.data_root, overrides=parse_overrides(args.set),
-                        evaluate=args.eval)
+                        evaluate=args.eval, force=args.force)
         if out is not None:  # None on the non-main ranks of torchrun
             print(json.dumps(out))
         return 0

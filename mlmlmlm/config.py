@@ -33,7 +33,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the file (when known) and the dotted key."""
+    """A configuration problem; the message names the file (when known) and the dotted key.
+
+    ``key`` is the dotted key at fault (when there is one) and ``detail`` the message without
+    its source, so :func:`load_run_config` can name the file the key came from.
+    """
+
+    def __init__(self, message: str, key: str | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.key, self.detail = key, detail
+
+
+def _error(source: str, key: str | None, detail: str) -> ConfigError:
+    return ConfigError(f"{source}: {detail}", key=key, detail=detail)
 
 
 @dataclass
@@ -187,39 +199,71 @@ def list_runs(phase: str | None = None, root: Path | None = None) -> list[str]:
     return out
 
 
-def merged_dict(run: str, scale: str = "cpu", root: Path | None = None) -> dict[str, Any]:
-    """The merged (untyped) mapping for ``run`` at ``scale``; ``run`` may be ``<phase>/base``."""
+def merged_dict(run: str, scale: str = "cpu", root: Path | None = None,
+                origins: list[tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The merged (untyped) mapping for ``run`` at ``scale``; ``run`` may be ``<phase>/base``.
+
+    ``origins``, when given, receives ``(file label, layer)`` for every layer merged, in order
+    (how :func:`load_run_config` names the file a bad key came from).
+    """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r} (expected one of {SCALES})")
     if run.count("/") != 1:
         raise ConfigError(f"run must be '<phase>/<run>', got {run!r}")
     phase, name = run.split("/")
     exp = experiments_dir(root)
-    base_path = exp / phase / "base.yaml"
+    paths = [exp / phase / "base.yaml"] + ([exp / phase / f"{name}.yaml"] if name != "base" else [])
     merged: dict[str, Any] = {}
-    for layer in _layers(read_yaml(base_path), scale, base_path):
-        merged = deep_merge(merged, layer)
-    if name != "base":
-        run_path = exp / phase / f"{name}.yaml"
-        for layer in _layers(read_yaml(run_path), scale, run_path):
+    for path in paths:
+        layers = _layers(read_yaml(path), scale, path)
+        for i, layer in enumerate(layers):
             merged = deep_merge(merged, layer)
+            if origins is not None:
+                label = _display(path) + ("" if i == 0 else f" (scales.{scale})")
+                origins.append((label, layer))
     for key in BOOK_KEYS:  # phase-level keys the runbook reads; not part of a run's config
         merged.pop(key, None)
     merged["run"], merged["scale"] = run, scale
     return merged
 
 
+def _display(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def load_run_config(run: str, scale: str = "cpu", overrides: dict[str, Any] | None = None,
                     root: Path | None = None) -> RunConfig:
     """Resolve ``experiments/<phase>/<run>.yaml`` at ``scale`` into a checked :class:`RunConfig`.
 
-    ``overrides`` maps dotted keys to values (``{"train.lr": 1e-3}``) and is applied last.
+    ``overrides`` maps dotted keys to values (``{"train.lr": 1e-3}``, from ``--set``) and is
+    applied last. An error names the YAML file (or the ``--set`` item) its key came from.
     """
-    merged = merged_dict(run, scale, root)
+    origins: list[tuple[str, dict[str, Any]]] = []
+    merged = merged_dict(run, scale, root, origins)
     for dotted, value in (overrides or {}).items():
-        merged = deep_merge(merged, _nest(dotted, value))
-    source = experiments_dir(root) / run.split("/")[0]
-    return config_from_dict(merged, source=str(source))
+        layer = _nest(dotted, value)
+        merged = deep_merge(merged, layer)
+        origins.append((f"--set {dotted}={value!r}", layer))
+    try:
+        return config_from_dict(merged, source=run)
+    except ConfigError as exc:
+        if exc.key is None:
+            raise
+        label = _origin(exc.key, origins) or run
+        raise ConfigError(f"{label}: {exc.detail}", key=exc.key, detail=exc.detail) from None
+
+
+def _origin(key: str, origins: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The label of the last layer that sets ``key``, a key under it or a key above it."""
+    head = key.split("[")[0]
+    for label, layer in reversed(origins):
+        for k in flatten(layer):
+            if k == head or k.startswith(head + ".") or head.startswith(k + "."):
+                return label
+    return None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -230,7 +274,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
-        out[key.strip()] = yaml.load(value, Loader=_Loader)
+        try:
+            out[key.strip()] = yaml.load(value, Loader=_Loader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML "
+                              f"({str(exc).splitlines()[0]})") from None
     return out
 
 
@@ -250,18 +298,18 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
         if key in top:
             continue
         if key not in _SECTION_TYPES:
-            raise ConfigError(f"{source}: unknown key {_suggest(key, top | set(_SECTION_TYPES))}")
+            raise _error(source, key, f"unknown key {_suggest(key, top | set(_SECTION_TYPES))}")
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+            raise _error(source, key, f"'{key}' must be a mapping, got {type(value).__name__}")
         sections[key] = build_dataclass(section_type(key), value, key, source)
     kwargs = {k: data[k] for k in top if k in data}
     for key, expected in (("run", str), ("scale", str), ("title", str), ("description", str),
                           ("paper", dict)):
         if key in kwargs and not isinstance(kwargs[key], expected):
-            raise ConfigError(f"{source}: '{key}' must be {expected.__name__}, "
-                              f"got {type(kwargs[key]).__name__} {kwargs[key]!r}")
+            raise _error(source, key, f"'{key}' must be {expected.__name__}, "
+                                      f"got {type(kwargs[key]).__name__} {kwargs[key]!r}")
     if kwargs.get("scale", "cpu") not in SCALES:
-        raise ConfigError(f"{source}: 'scale' must be one of {SCALES}, got {kwargs['scale']!r}")
+        raise _error(source, "scale", f"'scale' must be one of {SCALES}, got {kwargs['scale']!r}")
     return RunConfig(sections=sections, **kwargs)
 
 
@@ -277,12 +325,14 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str, source: str) -
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"{source}: unknown key {_suggest(f'{prefix}.{key}', {f'{prefix}.{n}' for n in names})}")
+            known = {f"{prefix}.{n}" for n in names}
+            raise _error(source, f"{prefix}.{key}",
+                         f"unknown key {_suggest(f'{prefix}.{key}', known)}")
         kwargs[key] = _check(value, hints[key], f"{prefix}.{key}", source)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # the dataclass's own checks (__post_init__)
-        raise ConfigError(f"{source}: '{prefix}': {exc}") from None
+        raise _error(source, prefix, f"'{prefix}': {exc}") from None
 
 
 def _check(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -326,7 +376,7 @@ def _check(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def _type_error(value: Any, tp: Any, key: str, source: str) -> ConfigError:
     name = getattr(tp, "__name__", str(tp))
-    return ConfigError(f"{source}: '{key}' expects {name}, got {type(value).__name__} {value!r}")
+    return _error(source, key, f"'{key}' expects {name}, got {type(value).__name__} {value!r}")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

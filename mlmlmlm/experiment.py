@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlmlmlm.config import REPO_ROOT, RunConfig, config_from_dict, load_run_config
+from mlmlmlm.config import RunConfig, config_from_dict, load_run_config
 from mlmlmlm.report import LOSS_LABELS
 
 # Loss columns of the paper's Tables 2, 4 and 6, in order (absent terms show as an em dash).
@@ -78,31 +78,39 @@ def train_codec(cfg: RunConfig, run_dir: str | Path, data_root: str | Path,
 
 def train_run(run: str, scale: str = "cpu", run_dir: Path | None = None,
               data_root: Path | None = None, overrides: dict[str, Any] | None = None,
-              evaluate: bool = False) -> dict[str, Any] | None:
+              evaluate: bool = False, force: bool = False) -> dict[str, Any] | None:
     """``mlmlmlm train <phase>/<run> [--set k=v ...] [--eval]``: train without a notebook
     (works under ``torchrun``), optionally evaluate, and return what the CLI prints (``None`` on
     the non-main ranks).
 
-    With ``overrides`` the default run dir is ``runs/<phase>/<run>.set-<hash>``, so a sweep never
-    touches the runbook's run dir; the same overrides resume the same dir.
+    The default run dir is ``runs/<scale>/<phase>/<run>`` (see :mod:`mlmlmlm.paths`); with
+    ``overrides`` it is ``<run>.set-<hash>`` (the hash covers overrides, scale and data root), so a
+    sweep never touches the runbook's run dir and the same overrides resume the same dir; on a
+    data root other than the default corpus it is ``<run>.data-<hash>``. ``force`` moves a
+    checkpoint written with another configuration aside and starts over.
     """
-    import hashlib
     import os
 
-    from mlmlmlm import distributed
+    from mlmlmlm import distributed, paths
 
     cfg = load_run_config(run, scale, overrides)
+    smoke = scale == "smoke"
+    data_root = Path(data_root or paths.default_data_root(smoke=smoke))
     if run_dir is None:
-        tag = ""
-        if overrides:
-            blob = json.dumps(overrides, sort_keys=True).encode()
-            tag = ".set-" + hashlib.sha256(blob).hexdigest()[:8]
-        run_dir = REPO_ROOT / "runs" / cfg.phase / (cfg.name + tag)
-    data_root = data_root or REPO_ROOT / "data" / ("smoke" if scale == "smoke" else "default")
+        tag = paths.set_tag(overrides, scale, data_root) or paths.data_tag(data_root, smoke=smoke)
+        run_dir = paths.run_dir(run, scale, tag=tag)
+    if not data_root.exists():
+        from mlmlmlm.data.io import DataError
+
+        hint = " (build it with `mlmlmlm data build" + (" --smoke" if smoke else "") + "`)" \
+            if data_root == paths.default_data_root(smoke=smoke) else ""
+        raise DataError(data_root, f"data folder does not exist{hint}")
     # Under torchrun the process group must exist before the model is built: ResidualVQ decides
     # at construction whether to share codebook statistics across processes.
     ctx = distributed.setup(cfg.train.device) if "WORLD_SIZE" in os.environ else None
     try:
+        if force and (Path(run_dir) / "checkpoint.pt").exists():
+            _start_over(Path(run_dir), cfg, ctx)
         result = train_codec(cfg, run_dir, data_root, progress=ctx is None or ctx.is_main)
     finally:
         if ctx is not None:
@@ -118,6 +126,26 @@ def train_run(run: str, scale: str = "cpu", run_dir: Path | None = None,
         out |= {k: v["mean"] for k, v in ev.items()
                 if isinstance(v, dict) and "mean" in v and k != "identifiability"}
     return out
+
+
+def _start_over(run_dir: Path, cfg: RunConfig, ctx) -> None:
+    """``--force``: a checkpoint of another configuration goes to ``<run>.superseded`` (the
+    runbook does the same); the run starts over."""
+    import os
+    import shutil
+
+    from mlmlmlm import checkpoint as C
+
+    if ctx is not None and not ctx.is_main:
+        return
+    changed = C.section_changes(C.load_checkpoint(run_dir / "checkpoint.pt").get("config"),
+                                cfg.to_dict(), C.WEIGHT_SECTIONS)
+    if changed:
+        old = run_dir.with_name(run_dir.name + ".superseded")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(run_dir, old)
+        print(f"{run_dir}: written with another configuration; moved to {old}, starting over")
 
 
 def load_codec(run_dir: str | Path, use_ema: bool = True):

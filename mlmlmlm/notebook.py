@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlmlmlm.config import REPO_ROOT, ConfigError, RunConfig, config_from_dict, load_run_config
+from mlmlmlm import paths
+from mlmlmlm.config import ConfigError, RunConfig, config_from_dict, load_run_config
 
 # The names (and types) a notebook's parameters cell may define; papermill injects the same.
 PARAMETERS: dict[str, type | tuple[type, ...]] = {
@@ -18,8 +19,8 @@ PARAMETERS: dict[str, type | tuple[type, ...]] = {
     "scale": str,  # "cpu" | "paper" | "smoke"
     "smoke": bool,  # tiny sizes (tests, --smoke)
     "config": dict,  # resolved config from the runbook; {} = resolve `run` here
-    "run_dir": str,  # where checkpoints and metrics go; "" = runs/<phase>/<run>
-    "data_root": str,  # corpus folder; "" = data/default
+    "run_dir": str,  # where checkpoints and metrics go; "" = runs/<scale>/<phase>/<run>
+    "data_root": str,  # data folder (read only); "" = data/default, built there when missing
 }
 
 
@@ -54,6 +55,10 @@ def setup(run: str, scale: str, smoke: bool, config: dict, run_dir: str, data_ro
     Parameters are the notebook's ``parameters`` cell, passed by name. With ``config == {}`` the
     run is resolved from ``experiments/`` here (stepping through in JupyterLab); otherwise the
     runbook's resolved mapping is checked against the dataclasses and used as is.
+
+    ``data_root`` is only ever read. With ``data_root == ""`` the default corpus is used, and
+    built at ``data/default`` (``data/smoke``) when it is not there yet: that folder is ours.
+    A run on another folder gets its own run folder (``runs/<scale>/<phase>/<run>.data-<hash>``).
     """
     params = dict(run=run, scale=scale, smoke=smoke, config=config, run_dir=run_dir,
                   data_root=data_root, **unknown)
@@ -63,9 +68,18 @@ def setup(run: str, scale: str, smoke: bool, config: dict, run_dir: str, data_ro
         load_run_config(run, scale)
     if cfg.run != run:
         raise ConfigError(f"notebook parameters: config is for {cfg.run!r} but run is {run!r}")
-    rd = Path(run_dir) if run_dir else REPO_ROOT / "runs" / cfg.phase / cfg.name
+    if data_root:
+        dr = Path(data_root)
+        if not dr.exists():
+            raise ConfigError(f"notebook parameters: data_root {data_root!r} does not exist")
+    else:
+        from mlmlmlm.data.corpus import default_settings, ensure_default_corpus
+
+        dr = ensure_default_corpus(paths.default_data_root(smoke=smoke),
+                                   *default_settings(smoke), progress=False)
+    rd = Path(run_dir) if run_dir else \
+        paths.run_dir(cfg.run, cfg.scale, tag=paths.data_tag(dr, smoke=smoke))
     rd.mkdir(parents=True, exist_ok=True)
-    dr = Path(data_root) if data_root else REPO_ROOT / "data" / ("smoke" if smoke else "default")
     from mlmlmlm.checkpoint import seed_everything
 
     seed_everything(_seed_of(cfg))

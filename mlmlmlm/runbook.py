@@ -8,8 +8,8 @@ Output layout under a *book root* (the repository, or a temporary folder with ``
     <root>/book/<phase>/runs/<run>.ipynb   executed notebook (the run page)
     <root>/book/<phase>/runs/<run>.json    run card
     <root>/book/<phase>/results.md         table regenerated from all cards of the phase
-    <root>/runs/<phase>/<run>/             checkpoints, metrics.jsonl, final_metrics.json
-    <root>/data/...                        the corpus the runs read
+    <root>/runs/<scale>/<phase>/<run>/     checkpoints, metrics.jsonl, final_metrics.json
+    <root>/data/default, data/smoke        the default corpus the runs read (see paths.py)
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from mlmlmlm import checkpoint as C
+from mlmlmlm import paths
+from mlmlmlm.atomic import write_json_atomic
 from mlmlmlm.config import (
     REPO_ROOT,
     RunConfig,
@@ -35,15 +37,11 @@ from mlmlmlm.config import (
     load_run_config,
     read_yaml,
 )
-from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table, write_json_atomic
+from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table
 
 
 class RunbookError(RuntimeError):
     """A run failed; the message is one line naming the run and where to look."""
-
-
-def default_data_root(root: Path, smoke: bool) -> Path:
-    return root / "data" / ("smoke" if smoke else "default")
 
 
 def git_sha() -> str:
@@ -65,32 +63,13 @@ def device_name() -> str:
     return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def ensure_corpus(data_root: Path, smoke: bool, log: Callable[[str], None] = print) -> Path:
-    """Build the default corpus at ``data_root`` unless one with the same settings is there.
+def ensure_corpus(root: Path, smoke: bool, log: Callable[[str], None] = print) -> Path:
+    """The default corpus of book root ``root`` (``<root>/data/default`` or ``data/smoke``),
+    built when missing (see :mod:`mlmlmlm.data.corpus`: only a folder of ours is ever rebuilt)."""
+    from mlmlmlm.data.corpus import default_settings, ensure_default_corpus
 
-    The corpus settings come from ``experiments/01_dataset/base.yaml`` (``corpus:``) at the
-    ``smoke`` or ``cpu`` scale. The build goes to a sibling temp folder and is renamed into
-    place, so an interrupted build never leaves half a corpus behind.
-    """
-    from mlmlmlm.data.synth.build import build_corpus
-
-    cfg = load_run_config("01_dataset/base", "smoke" if smoke else "cpu").corpus
-    manifest = data_root / "corpus.json"
-    if manifest.exists():
-        have = json.loads(manifest.read_text())
-        if have.get("seed") == cfg.seed and float(have.get("minutes", -1)) == cfg.minutes:
-            return data_root
-        log(f"corpus at {data_root} was built with other settings; rebuilding")
-    data_root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{data_root.name}-", dir=data_root.parent))
-    t0 = time.time()
-    log(f"building corpus ({cfg.minutes} min, seed {cfg.seed}) -> {data_root}")
-    build_corpus(tmp, minutes=cfg.minutes, seed=cfg.seed, progress=not smoke)
-    if data_root.exists():
-        shutil.rmtree(data_root)
-    os.replace(tmp, data_root)
-    log(f"corpus built in {time.time() - t0:.0f} s")
-    return data_root
+    return ensure_default_corpus(paths.default_data_root(root, smoke), *default_settings(smoke),
+                                 progress=not smoke, log=log)
 
 
 def _config_hash(cfg: RunConfig, notebook: Path, data_root: Path) -> str:
@@ -99,6 +78,11 @@ def _config_hash(cfg: RunConfig, notebook: Path, data_root: Path) -> str:
     manifest = data_root / "corpus.json"
     if manifest.exists():
         h.update(manifest.read_bytes())
+    else:  # a user's folder: its files' names, sizes and times (a changed take reruns)
+        for p in sorted(data_root.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(data_root)}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
@@ -134,11 +118,11 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
     root = Path(root or REPO_ROOT)
     scale = "smoke" if smoke else scale
     cfg = load_run_config(run, scale)
-    data_root = Path(data_root or default_data_root(root, smoke)).resolve()
+    data_root = Path(data_root or paths.default_data_root(root, smoke)).resolve()
     notebook = REPO_ROOT / "notebooks" / f"{cfg.phase}.ipynb"
     out_dir = root / "book" / cfg.phase / "runs"
     out_nb, card_path = out_dir / f"{cfg.name}.ipynb", out_dir / f"{cfg.name}.json"
-    run_dir = (root / "runs" / cfg.phase / cfg.name).resolve()
+    run_dir = paths.run_dir(run, scale, root, paths.data_tag(data_root, root, smoke)).resolve()
     chash = _config_hash(cfg, notebook, data_root)
     if card_path.exists() and out_nb.exists() and not force:
         card = json.loads(card_path.read_text())
@@ -151,8 +135,10 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
     _supersede_stale(run_dir, cfg, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    # paths inside the repository go in relative (the kernel runs there): the page shows no
+    # build machine's folders
     params = {"run": run, "scale": scale, "smoke": smoke, "config": cfg.to_dict(),
-              "run_dir": str(run_dir), "data_root": str(data_root)}
+              "run_dir": paths.relative(run_dir), "data_root": paths.relative(data_root)}
     # The kernel must be this interpreter's: put its bin folder first on PATH.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     t0 = time.time()
@@ -176,7 +162,8 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
         "error": error, "params": cfg.to_dict(), "differs_from_base": differs_from_base(cfg),
         "metrics": metrics, "paper": cfg.paper, "git_sha": git_sha(), "device": device_name(),
         "wall_s": round(wall, 2), "versions": C.package_versions(), "config_hash": chash,
-        "page": str(out_nb.relative_to(root)), "run_dir": str(run_dir),
+        "page": str(out_nb.relative_to(root)), "run_dir": paths.relative(run_dir, root),
+        "data_root": paths.relative(data_root, root),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(card_path, card)
@@ -302,7 +289,7 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
         if root != REPO_ROOT:
             prepare_root(root)
     runs = only or list_runs()
-    data_root = ensure_corpus(default_data_root(root, smoke), smoke, log)
+    data_root = ensure_corpus(root, smoke, log)
     failures = []
     t_all = time.time()
     for i, run in enumerate(runs, 1):

@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"  # CUDA when present, else CPU
-    max_minutes: float | None = None  # wall-time budget of one call; then checkpoint and return
+    max_minutes: float | None = None  # wall-time budget of the whole run, across resumes
     find_unused_parameters: bool = False  # DDP only: for models with parameters a step skips
 
     def __post_init__(self) -> None:
@@ -248,6 +248,7 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
         C.restore(ckpt, ckpt_path, task, optims, ema, cfg, ctx.rank, ctx.world_size)
         step = resumed_from = ckpt["step"]
         wall_before, metrics = ckpt["wall_s"], ckpt["metrics"]
+        _restore_data(data, ckpt, ctx)
         if ctx.is_main:
             C.truncate_metrics(metrics_path, step)
     elif ctx.is_main:  # a fresh start: nothing of an earlier run may be resumed or appended to
@@ -289,17 +290,19 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
 
     def save() -> None:
         nonlocal saved
-        rngs = [C.rng_state()]
+        rngs, crops = [C.rng_state()], [_data_state(data)]
         if ctx.distributed:  # every rank's generators, so that each resumes its own stream
-            rngs = [None] * ctx.world_size
+            rngs, crops = [None] * ctx.world_size, [None] * ctx.world_size
             torch.distributed.all_gather_object(rngs, C.rng_state())
+            torch.distributed.all_gather_object(crops, _data_state(data))
         saved = step
         if not ctx.is_main:
             return
         ckpt = {"format": C.FORMAT, "step": step, "epoch": step // nb, "batch_in_epoch": step % nb}
         ckpt |= {"model": model.state_dict(), "ema": ema.state if ema else None}
         ckpt |= {k: o.state_dict() if o is not None else None for k, o in optims.items()}
-        ckpt |= {"task": task.state_dict(), "rng": rngs, "world_size": ctx.world_size}
+        ckpt |= {"task": task.state_dict(), "rng": rngs, "data": crops,
+                 "world_size": ctx.world_size}
         ckpt |= {"wall_s": wall_before + time.perf_counter() - t0, "metrics": metrics}
         ckpt |= {"train_config": asdict(cfg), "config": C.to_plain(extra)}
         C.save_atomic(ckpt | {"versions": C.package_versions()}, ckpt_path)
@@ -313,11 +316,12 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
         mininterval=1.0,
     )
     stop = D.StopRequests()
+    # the budget is the whole run's: a resumed run counts the time spent before the stop
     budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     try:
         with stop:
             while step < cfg.max_steps:
-                late = budget is not None and time.perf_counter() - t0 > budget
+                late = budget is not None and wall_before + time.perf_counter() - t0 > budget
                 if D.any_rank(stop.signum is not None or late, ctx):  # all ranks stop together
                     stopped = "max_minutes" if late else "signal"
                     stopped = signal.Signals(stop.signum).name if stop.signum else stopped
@@ -361,6 +365,18 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
         model=model,
         ema_state=ema.state if ema else None,
     )
+
+
+def _data_state(data: Dataset) -> Any:
+    """The dataset's own random state (e.g. the crop sampler of ``WindowDataset``), or None."""
+    return data.state_dict() if callable(getattr(data, "state_dict", None)) else None
+
+
+def _restore_data(data: Dataset, ckpt: dict, ctx) -> None:
+    states = ckpt.get("data") or []
+    if len(states) == ctx.world_size and states[ctx.rank] is not None and \
+            callable(getattr(data, "load_state_dict", None)):
+        data.load_state_dict(states[ctx.rank])
 
 
 def _step(task, batch, step, cfg, optims, disc_params, ctx) -> dict[str, Tensor]:

@@ -24,8 +24,8 @@ run = "01_dataset/default"  # <phase>/<run>: the experiment this page shows
 scale = "cpu"  # "cpu" (laptop sizes) or "paper"
 smoke = True  # tiny sizes for tests and `mlmlmlm book --smoke`
 config = {}  # resolved config injected by the runbook; empty: resolve `run` here
-run_dir = ""  # checkpoints and metrics; empty: runs/<phase>/<run>
-data_root = ""  # corpus folder; empty: data/default (data/smoke when smoke)
+run_dir = ""  # checkpoints and metrics; empty: runs/<scale>/<phase>/<run>
+data_root = ""  # your data folder (only read); empty: the default corpus, built when missing
 
 # %%
 import matplotlib.pyplot as plt
@@ -37,10 +37,8 @@ from mlmlmlm import report
 from mlmlmlm.data import stats
 from mlmlmlm.data.synth import plux
 from mlmlmlm.notebook import setup
-from mlmlmlm.runbook import ensure_corpus
 
 S = setup(run, scale, smoke, config, run_dir, data_root)
-ensure_corpus(S.data_root, S.smoke)
 man = stats.manifest(S.data_root)
 recs = stats.load_all(S.data_root)
 

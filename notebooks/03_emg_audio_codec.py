@@ -25,16 +25,14 @@ run = "03_emg_audio_codec/ea_vae_3"  # <phase>/<run>: which experiment YAML
 scale = "cpu"  # "cpu" (laptop sizes) or "paper" (GPU)
 smoke = True  # tiny sizes for tests and `mlmlmlm book --smoke`
 config = {}  # resolved config injected by the runbook; empty: resolve `run` here
-run_dir = ""  # checkpoints and metrics; empty: runs/<phase>/<run>
-data_root = ""  # corpus folder; empty: data/default (data/smoke when smoke)
+run_dir = ""  # checkpoints and metrics; empty: runs/<scale>/<phase>/<run>
+data_root = ""  # your data folder (only read); empty: the default corpus, built when missing
 
 # %%
 from mlmlmlm import codec_page
 from mlmlmlm.notebook import setup
-from mlmlmlm.runbook import ensure_corpus
 
 S = setup(run, scale, smoke, config, run_dir, data_root)
-ensure_corpus(S.data_root, S.smoke)
 
 # %% [markdown]
 # ## Capacity for seven channels

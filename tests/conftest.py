@@ -5,6 +5,15 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_outside_the_repo(tmp_path_factory):
+    """Derived data (EMG scales) of the test runs goes to a temporary cache, for every child
+    process too (papermill kernels, torchrun)."""
+    import os
+
+    os.environ["MLMLMLM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory) -> Path:
     """A book root with every experiment run at smoke size and the book built with -W."""
@@ -20,7 +29,7 @@ def smoke_book(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_corpus(tmp_path_factory) -> Path:
     """The real default-corpus builder at smoke size (the 01_dataset smoke settings)."""
-    from mlmlmlm.runbook import ensure_corpus
+    from mlmlmlm.data.corpus import default_settings, ensure_default_corpus
 
-    return ensure_corpus(tmp_path_factory.mktemp("corpus") / "smoke", smoke=True,
-                         log=lambda m: None)
+    return ensure_default_corpus(tmp_path_factory.mktemp("corpus") / "smoke",
+                                 *default_settings(smoke=True), progress=False, log=lambda m: None)

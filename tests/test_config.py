@@ -69,9 +69,34 @@ def test_book_keys_are_not_config(exp):
 
 def test_unknown_key_names_file_and_key(exp):
     _write(exp, "09_toy/bad.yaml", "corpus: {minuts: 3.0}\n")
-    with pytest.raises(ConfigError, match=r"09_toy: unknown key 'corpus.minuts' "
+    with pytest.raises(ConfigError, match=r"09_toy/bad.yaml: unknown key 'corpus.minuts' "
                                           r"\(did you mean 'corpus.minutes'\?\)"):
         load_run_config("09_toy/bad", root=exp)
+
+
+def test_error_names_the_layer_the_key_came_from(exp):
+    # a bad key in a run's scales block names that file and block; a good run file whose base
+    # is fine names nothing else; --set names the override
+    _write(exp, "09_toy/bad.yaml", "corpus: {minutes: 3.0}\nscales: {cpu: {corpus: {seed: x}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_run_config("09_toy/bad", root=exp)
+    assert str(info.value).startswith(f"{exp / 'experiments/09_toy/bad.yaml'} (scales.cpu): ")
+    assert "'corpus.seed' expects int, got str 'x'" in str(info.value)
+    _write(exp, "09_toy/ok.yaml", "corpus: {minutes: 3}\n")
+    with pytest.raises(ConfigError, match=r"^--set corpus.seeds=1: unknown key 'corpus.seeds' "
+                                          r"\(did you mean 'corpus.seed'\?\)"):
+        load_run_config("09_toy/ok", overrides={"corpus.seeds": 1}, root=exp)
+    with pytest.raises(ConfigError, match=r"^--set corpus.minutes='a': 'corpus.minutes' expects"):
+        load_run_config("09_toy/ok", overrides={"corpus.minutes": "a"}, root=exp)
+
+
+def test_set_with_bad_yaml_says_it_came_from_set():
+    from mlmlmlm.config import parse_overrides
+
+    with pytest.raises(ConfigError, match=r"^--set 'train.lr=\[1': the value is not valid YAML"):
+        parse_overrides(["train.lr=[1"])
+    with pytest.raises(ConfigError, match=r"^--set 'lr': expected KEY=VALUE"):
+        parse_overrides(["lr"])
 
 
 def test_unknown_section(exp):

@@ -96,7 +96,10 @@ def test_emg_is_scaled_and_audio_kept(corpus):
     assert scale.shape == (6,)
     ratios = scale / scale[0]
     np.testing.assert_allclose(ratios, np.arange(1, 7), rtol=0.15)  # follows channel amplitude
-    saved = json.loads((corpus / "emg_scale.json").read_text())
+    from mlmlmlm.data.dataset import _scale_cache
+
+    assert not (corpus / "emg_scale.json").exists()  # the data folder is only read
+    saved = json.loads(_scale_cache(corpus).read_text())
     assert saved["settings"]["recordings"] == ["r0", "r1"]  # train split only
     np.testing.assert_allclose(saved["scale"], scale)
     x = torch.stack([it["x"] for it in WindowDataset(cfg, "train", train=False)])

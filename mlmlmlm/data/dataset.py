@@ -14,13 +14,15 @@ crop of a window: random in train mode, at the window start in eval mode.
 
 **EMG scale.** Channel ``c`` is divided by the 99.9th percentile of ``|emg[c]|`` over the train
 split (after filtering, at the recording rate, on at most 2 M evenly strided samples per
-channel), so most values fall in [-1, 1]. It is computed once and saved to
-``<root>/emg_scale.json`` with the settings and recordings it came from (kept in memory when the
-root is read-only); a file that does not match the current settings is recomputed.
+channel), so most values fall in [-1, 1]. It is computed once and saved in the cache
+(``.cache/emg_scale/<hash of the root>.json``, see :func:`mlmlmlm.paths.cache_dir`; never in the
+data folder, which is only read) with the settings and recordings it came from; a file that
+does not match the current settings is recomputed (kept in memory when the cache is read-only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mlmlmlm.atomic import write_text_atomic
 from mlmlmlm.data.check import check_path
 from mlmlmlm.data.io import DataError, Recording, RecordingRef, find_recordings, load_recording
 from mlmlmlm.data.preprocess import filter_emg, resample, stretch_curve, time_stretch, window_starts
@@ -141,9 +144,8 @@ def _filtered_emg(rec: Recording, cfg: DataConfig) -> np.ndarray:
 def emg_scale(cfg: DataConfig, refs: list[RecordingRef] | None = None) -> np.ndarray:
     """Per-channel EMG scale [6]: 99.9th percentile of ``|emg|`` over the train split.
 
-    Read from ``<root>/emg_scale.json`` when it matches the settings, else computed and saved
-    (or kept in memory when the root is read-only). All recordings count when there is no train
-    split.
+    Read from the cache when it matches the settings, else computed and saved there (kept in
+    memory when the cache is read-only). All recordings count when there is no train split.
     """
     root = Path(cfg.root)
     refs = find_recordings(root) if refs is None else refs
@@ -157,7 +159,7 @@ def emg_scale(cfg: DataConfig, refs: list[RecordingRef] | None = None) -> np.nda
         "bytes": sum(_nbytes(r) for r in source),  # notices replaced files of the same name
     }
     key_text = json.dumps(key, sort_keys=True)
-    path = root / "emg_scale.json"
+    path = _scale_cache(root)
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
@@ -176,10 +178,18 @@ def emg_scale(cfg: DataConfig, refs: list[RecordingRef] | None = None) -> np.nda
     scale = np.percentile(np.concatenate(parts, axis=1), SCALE_PERCENTILE, axis=1)
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     try:
-        path.write_text(json.dumps({"settings": key, "scale": scale.tolist()}, indent=1) + "\n")
+        write_text_atomic(path, json.dumps({"root": str(root.resolve()), "settings": key,
+                                            "scale": scale.tolist()}, indent=1) + "\n")
     except OSError:
-        _SCALES[memo] = scale.tolist()  # read-only root: keep it in memory
+        _SCALES[memo] = scale.tolist()  # read-only cache: keep it in memory
     return scale
+
+
+def _scale_cache(root: Path) -> Path:
+    from mlmlmlm.paths import cache_dir
+
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache_dir("emg_scale", f"{digest}.json")
 
 
 def _nbytes(ref: RecordingRef) -> int:
@@ -263,6 +273,20 @@ class WindowDataset(Dataset):
             self._gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + seed) % 2**63)
             self._gen_seed = seed
         return self._gen
+
+    def state_dict(self) -> dict:
+        """The crop sampler's state, for the checkpoint: with it a resumed run draws the same
+        crops as an uninterrupted one (the training loop saves and restores it)."""
+        gen = None if self._gen is None else self._gen.get_state()
+        return {"generator": gen, "seed": self._gen_seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("generator") is None:
+            self._gen, self._gen_seed = None, None
+            return
+        self._gen = torch.Generator()
+        self._gen.set_state(state["generator"])
+        self._gen_seed = state["seed"]
 
     def __getitem__(self, i: int) -> dict:
         track_i, start, length = (int(v) for v in self.windows[i])

@@ -27,6 +27,7 @@ import scipy.ndimage as ndi
 import scipy.signal as ss
 import soundfile as sf
 
+from mlmlmlm.data.corpus import MARKER, check_rebuildable
 from mlmlmlm.data.synth import emg, plux, render, score
 from mlmlmlm.data.synth.plan import RATE, phrase_dynamics, plan_controls
 
@@ -196,7 +197,9 @@ def build_corpus(
 
     Parameters
     ----------
-    out : folder to write (created; existing files with the same names are overwritten).
+    out : folder to write (created). It must be missing, empty, or a corpus of ours holding only
+        the builder's files (:func:`mlmlmlm.data.corpus.check_rebuildable`); anything else is
+        refused with a ``DataError`` before a byte is written.
     minutes : paired minutes of synthetic-driven material, split by recording ~77/8/15 into
         train/val/test (at least one recording each).
     seed : everything random derives from it; the same seed gives byte-identical audio, EMG and
@@ -208,6 +211,7 @@ def build_corpus(
     """
     t0 = time.perf_counter()
     out = Path(out)
+    check_rebuildable(out)
     out.mkdir(parents=True, exist_ok=True)
     sf2 = Path(sf2) if sf2 is not None else None
     source = render.sound_source(sf2)
@@ -245,6 +249,7 @@ def build_corpus(
         cal_report[ch]["achieved_corpus"] = {k: got[k] for k in cal_report[ch]["achieved_protocol"]}
     manifest = {
         "name": "default",
+        "built_by": MARKER,  # only folders carrying it may ever be rebuilt (data/corpus.py)
         "seed": int(seed),
         "minutes": float(minutes),
         "audio_sr": render.AUDIO_SR,

@@ -215,6 +215,24 @@ def test_disconnect_is_seen_by_the_client_and_reconnect_works(connect, how):
         np.testing.assert_array_equal(x, expected(emg, ts[0, 0] + 2 * BLOCK, True)[:, ts[0, 0]:])
 
 
+def test_monitor_sends_single_values_at_their_periods():
+    emg = np.arange(6 * 20 * BLOCK, dtype=np.float32).reshape(6, -1)  # value = its own index
+    with BelaEmulator(emg, 1000.0, speed=20.0) as e:
+        m = pybela.Monitor(ip=e.ip, port=e.port)
+        try:
+            with deadline(m, 5, "connect"):
+                m.connect()
+            with deadline(m, 10, "monitor_n_values"):
+                got = m.monitor_n_values(["emg1", "emg3"], periods=[500, 1000], n_values=4)
+        finally:
+            with deadline(m, 5, "cleanup"):
+                m.cleanup()
+    for name, ch, period in [("emg1", 0, 500), ("emg3", 2, 1000)]:
+        ts = np.array(got[name]["timestamps"])
+        assert len(ts) == 4 and (ts % period == 0).all() and (np.diff(ts) == period).all()
+        np.testing.assert_array_equal(got[name]["values"], emg[ch, ts])
+
+
 # ----------------------------------------------------------------------------- bad input, CLI
 def test_bad_input_is_one_line_naming_the_file(tmp_path):
     three = tmp_path / "three.emg.wav"

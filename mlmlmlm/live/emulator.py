@@ -25,8 +25,9 @@ The protocol, as Bela's ``Gui`` and ``Watcher`` libraries speak it and pybela 2.
 
 Emulated simplifications: the frame clock starts (frame 0 = the source's first sample) at the
 first ``watch``; buffers start at multiples of 1024 frames; blocks that fall while nothing is
-watched or no client is active are dropped, as on the board; scheduled watches (``timestamps``
-/ ``durations``), ``log``, ``control`` and ``set`` are not emulated.
+watched or no client is active are dropped, as on the board; monitored values go out at frames
+that are multiples of their period; scheduled watches (``timestamps`` / ``durations``), ``log``,
+``control`` and ``set`` are not emulated.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def load_emg(path) -> tuple[np.ndarray, float]:
     emg : float32 ``[6, T]``; sr : the file's sample rate in Hz.
     """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "does not exist")
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
@@ -156,6 +159,8 @@ class BelaEmulator:
         self.names = tuple(names)
         if self.emg.ndim != 2 or self.emg.shape[0] != len(self.names) or not self.emg.shape[1]:
             raise ValueError(f"emg must be [{len(self.names)}, T>0], got {list(self.emg.shape)}")
+        if not np.isfinite(self.emg).all():
+            raise ValueError("emg holds NaN or Inf (inject NaN with Faults(nan_every=...))")
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"watcher names must be unique, got {self.names}")
         self.sr = float(DEFAULT_BELA_EMG_SR if sr is None else sr)

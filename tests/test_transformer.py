@@ -1,0 +1,345 @@
+"""The translation Transformer: mask polarity and causality, flat-level restriction, cached
+incremental decoding against teacher forcing, the sliding window, guidance and sampling."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlmlmlm.models.transformer import (
+    TransformerConfig,
+    TranslationTransformer,
+    flat_tokens,
+    sample_logits,
+)
+from mlmlmlm.nn.attention import apply_rope, may_attend, rope_tables
+
+N_Q, K, N_QE, K_E = 3, 16, 2, 8
+TOL = 1e-4
+
+
+def tiny(layout="flat", lookahead=0, **kw) -> TranslationTransformer:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(n_q=N_Q, codebook_size=K, emg_n_q=N_QE, emg_codebook_size=K_E,
+                            d_model=32, n_layers=2, n_heads=2, layout=layout,
+                            lookahead=lookahead, dropout=0.0, depth_layers=1, **kw)
+    return TranslationTransformer(cfg).eval()
+
+
+def codes(B, T, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, K, (B, N_Q, T), generator=g),
+            torch.randint(0, K_E, (B, N_QE, T + 2), generator=g))
+
+
+# ---- the mask helper ---------------------------------------------------------------------------
+
+def test_may_attend_means_may_attend():
+    pos = torch.arange(5)
+    assert torch.equal(may_attend(pos, pos), torch.ones(5, 5).tril().bool())
+    assert torch.equal(may_attend(pos, pos, lookahead=1), torch.ones(5, 5).tril(1).bool())
+    band = may_attend(pos, pos, window=2)
+    assert torch.equal(band, torch.ones(5, 5).tril().bool() & ~torch.ones(5, 5).tril(-2).bool())
+    # polarity as F.scaled_dot_product_attention reads it: equal scores, value = key position,
+    # so query t must return the mean of the positions it may see, 0..t
+    q = k = torch.zeros(1, 1, 5, 4)
+    v = pos.float().view(1, 1, 5, 1).expand(1, 1, 5, 4)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=may_attend(pos, pos))
+    assert torch.allclose(y[0, 0, :, 0], pos.float() / 2)
+
+
+def test_rope_is_relative_far_from_zero():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16, generator=g), torch.randn(1, 1, 1, 16, generator=g)
+
+    def score(pq, pk):
+        rq, rk = rope_tables(torch.tensor([pq]), 16), rope_tables(torch.tensor([pk]), 16)
+        return (apply_rope(q, rq) * apply_rope(k, rk)).sum()
+
+    for offset in (10_000, 1_000_000):  # a minute of flat tokens is ~2e4 positions
+        assert abs(score(7 + offset, 3 + offset) - score(7, 3)) < 1e-5
+    assert abs(score(7, 3) - score(7, 5)) > 1e-3
+
+
+# ---- what the teacher-forced model may see ----------------------------------------------------
+
+def changed_frames(m, a, e, e2, **kw):
+    """Max |logit change| per audio frame [T] when EMG e -> e2 (predicted codes only)."""
+    o, o2 = m(a, e, **kw), m(a, e2, **kw)
+    diff = (o2.logits - o.logits).abs() * o.valid[None, :, :, None]
+    return diff.amax(dim=(0, 1, 3))
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_cross_attention_sees_past_emg_only(layout, lookahead):
+    m = tiny(layout, lookahead)
+    a, e = codes(2, 10)
+    for k in (2, 5, 8):
+        e2 = e.clone()
+        e2[:, :, k] = (e2[:, :, k] + 1) % K_E  # change EMG frame k only
+        d = changed_frames(m, a, e, e2)
+        first = max(k - lookahead, 1)  # frame 0 is never predicted
+        assert torch.all(d[:first] == 0), f"frame < {k - lookahead} saw EMG frame {k}: {d}"
+        assert torch.all(d[first:] > 1e-3), f"EMG frame {k} did not reach frames >= {first}: {d}"
+        # the same check on the EMG-dropped path finds nothing: it can tell a deaf model
+        drop = torch.ones(2, dtype=torch.bool)
+        assert torch.all(changed_frames(m, a, e, e2, drop_emg=drop) == 0)
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_emg_changes_the_output(layout):
+    m = tiny(layout)
+    a, e = codes(2, 10)
+    e2 = codes(2, 10, seed=7)[1]
+    o, o2 = m(a, e), m(a, e2)
+    mask = o.valid[None, :, :, None]
+    change = ((o2.logits - o.logits).abs() * mask).sum() / (mask.sum() * K * 2)
+    assert change > 0.1 * o.logits[:, o.valid].std()  # a real margin, not rounding
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_future_audio_never_changes_past_logits(layout):
+    m = tiny(layout)
+    a, e = codes(2, 8)
+    k = 4
+    a2 = a.clone()
+    a2[:, N_Q - 1, k] = (a2[:, N_Q - 1, k] + 1) % K  # the last level of frame k
+    d = (m(a2, e).logits - m(a, e).logits).abs().amax(dim=(0, 3))  # [n_q, T]
+    assert torch.all(d[:, : k + 1] == 0)  # frames <= k, including frame k's own levels
+    assert torch.all(d[:, k + 1:].amax(0) > 1e-4)
+
+
+def test_flat_logits_restricted_to_the_level():
+    m = tiny("flat")
+    a, e = codes(2, 6)
+    out = m(a, e)
+    vocab = out.vocab_logits()  # [B, T * n_q, n_q * K]
+    for i in range(1, vocab.shape[1]):
+        level = i % N_Q
+        inside = torch.zeros(N_Q * K, dtype=torch.bool)
+        inside[level * K:(level + 1) * K] = True
+        assert torch.isfinite(vocab[:, i, inside]).all()
+        assert torch.all(vocab[:, i, ~inside] == float("-inf"))
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.multinomial(vocab[0, 1:].softmax(-1), 50, replacement=True, generator=g)
+    assert torch.all(drawn // K == (torch.arange(1, vocab.shape[1]) % N_Q)[:, None])
+    gen = m.generate(a[:, :, :2], e, 4, temperature=5.0, generator=g)  # flat ids stay in range
+    assert gen.min() >= 0 and gen.max() < K
+    tokens = flat_tokens(gen, K)
+    assert torch.all(tokens // K == torch.arange(tokens.shape[1]) % N_Q)
+
+
+def test_loss_is_cross_entropy_and_learns():
+    m = tiny("frame")
+    a, e = codes(2, 6)
+    out = m(a, e)
+    ref = F.cross_entropy(out.logits[:, :, 1:].reshape(-1, K), a[:, :, 1:].reshape(-1))
+    assert torch.allclose(m.loss(out).loss, ref, atol=1e-6)
+    m.train()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = m.loss(m(a, e, drop_emg=torch.zeros(2, dtype=torch.bool))).loss
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+# ---- incremental decoding ---------------------------------------------------------------------
+
+def run_cached(m, a, e, P, chunks, window=None, guided=False, guidance=1.0):
+    """Prime with P frames, step through the rest of ``a`` teacher-forced, appending EMG in
+    ``chunks`` (sizes, cycled) whenever the next frame needs it. Returns logits [B, n_q, T', K]."""
+    B, _, T = a.shape
+    la = m.cfg.lookahead
+    cache = m.new_cache(B, guided=guided, max_cache_frames=window)
+    sent, c = 0, 0
+
+    def feed_until(n):
+        nonlocal sent, c
+        while sent < n:
+            size = chunks[c % len(chunks)]
+            m.append_emg(cache, e[:, :, sent:sent + size])
+            sent, c = min(sent + size, e.shape[2]), c + 1
+
+    feed_until(P + la)
+    m.prime(cache, a[:, :, :P])
+    logits = []
+    for t in range(P, T):
+        feed_until(t + la + 1)
+        logits.append(m.step(cache, codes=a[:, :, t], guidance=guidance).logits)
+    return torch.stack(logits, 2), cache
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+@pytest.mark.parametrize("lookahead", [0, 1])
+@pytest.mark.parametrize("chunks", [[1], [3, 1, 5, 2], [64]], ids=["1", "mixed", "ahead"])
+def test_incremental_equals_teacher_forced(layout, lookahead, chunks):
+    m = tiny(layout, lookahead)
+    a, e = codes(2, 12)
+    full = m(a, e).logits
+    for P in (1, 3):
+        step, _ = run_cached(m, a, e, P, chunks)
+        err = (step - full[:, :, P:]).abs().max().item()
+        print(f"{layout} lookahead {lookahead} chunks {chunks} P {P}: max |err| {err:.2e}")
+        assert err < TOL
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_step_waits_for_its_emg(layout):
+    m = tiny(layout, lookahead=1)
+    a, e = codes(1, 6)
+    cache = m.new_cache(1)
+    with pytest.raises(ValueError, match="needs EMG"):
+        m.append_emg(cache, e[:, :, :2])
+        m.prime(cache, a[:, :, :2])  # predicting frame 1 needs EMG through 2
+    cache = m.new_cache(1)
+    m.append_emg(cache, e[:, :, :3])
+    m.prime(cache, a[:, :, :2])
+    assert m.frames_ready(cache) == 0
+    with pytest.raises(ValueError, match="needs EMG"):
+        m.step(cache)
+    m.append_emg(cache, e[:, :, 3:5])
+    assert m.frames_ready(cache) == 2
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_cross_kv_computed_once_per_emg_frame(layout):
+    m = tiny(layout)
+    a, e = codes(2, 10)
+    rows = []
+    hooks = [b.cross.kv.register_forward_hook(lambda mod, i, o: rows.append(i[0].shape[1]))
+             for b in m.blocks]
+    _, cache = run_cached(m, a, e, 2, [3, 1, 4])
+    for h in hooks:
+        h.remove()
+    assert cache.n_emg >= 10 and sum(rows) == cache.n_emg * len(m.blocks)  # n in, n K/V out
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_prompt_fed_once(layout):
+    m = tiny(layout)
+    a, e = codes(1, 8)
+    P = 3
+    per_frame = N_Q if layout == "flat" else 1
+    fed = []
+    hook = m.blocks[0].self_attn.qkv.register_forward_hook(
+        lambda mod, i, o: fed.append(i[0].shape[1]))
+    cache = m.new_cache(1)
+    m.append_emg(cache, e)
+    m.prime(cache, a[:, :, :P])
+    # the prompt is P * per_frame positions: all but the last are in the cache, the last waits
+    assert cache.n_fed == len(cache.self_kv[0]) == sum(fed) == P * per_frame - 1
+    assert cache.n_fed + cache.pending.shape[-1] == P * per_frame
+    for t in range(P, P + 2):
+        m.step(cache, codes=a[:, :, t])
+        assert sum(fed) == len(cache.self_kv[0]) == (t + 1) * per_frame - 1  # never twice
+    hook.remove()
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_sliding_window_bounded_and_exact(layout):
+    m = tiny(layout, lookahead=1)
+    W, P, n = 3, 2, 30  # 10 W frames past the prompt
+    a, e = codes(1, P + n)
+    g = torch.Generator().manual_seed(3)
+    cache = m.new_cache(1, max_cache_frames=W)
+    m.append_emg(cache, e[:, :, :P + 1])
+    m.prime(cache, a[:, :, :P])
+    frames, logits, sizes = [], [], []
+    for t in range(P, P + n):
+        m.append_emg(cache, e[:, :, t + 1:t + 2])  # one EMG frame per audio frame
+        s = m.step(cache, generator=g)
+        frames.append(s.codes)
+        logits.append(s.logits)
+        sizes.append(cache.size())
+    per_frame = N_Q if layout == "flat" else 1
+    assert max(s["self"] for s in sizes) <= W * per_frame
+    assert max(s["emg"] for s in sizes) <= W + 1
+    assert sizes[n // 2]["self_capacity"] == sizes[-1]["self_capacity"] <= max(16, 4 * W * per_frame)
+    assert sizes[n // 2]["emg_capacity"] == sizes[-1]["emg_capacity"]
+    gen = torch.cat([a[:, :, :P], torch.stack(frames, 2)], dim=2)  # [1, n_q, P + n]
+    windowed = m(gen, e[:, :, :P + n + 1], window=W).logits[:, :, P:]  # EMG through t + 1
+    err = (torch.stack(logits, 2) - windowed).abs().max().item()
+    print(f"{layout} window {W} over {n} frames: max |err| {err:.2e}")
+    assert err < TOL
+    full = m(gen, e[:, :, :P + n + 1]).logits[:, :, P:]
+    assert (full - windowed).abs().max() > 1e-3  # the window does forget
+
+
+# ---- guidance and sampling --------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_guidance_weights(layout):
+    m = tiny(layout)
+    a, e = codes(2, 8)
+    cond = m(a, e).logits[:, :, 2:]
+    uncond = m(a, e, drop_emg=torch.ones(2, dtype=torch.bool)).logits[:, :, 2:]
+    plain, _ = run_cached(m, a, e, 2, [2])
+    one, _ = run_cached(m, a, e, 2, [2], guided=True, guidance=1.0)
+    # w = 1: the conditional logits (the guided batch is twice as tall: same up to rounding)
+    assert (one - plain).abs().max() < 1e-6 and (one - cond).abs().max() < TOL
+    zero, _ = run_cached(m, a, e, 2, [2], guided=True, guidance=0.0)
+    assert (zero - uncond).abs().max() < TOL  # w = 0: the EMG-dropped model
+    three, _ = run_cached(m, a, e, 2, [2], guided=True, guidance=3.0)
+    assert (three - (uncond + 3 * (cond - uncond))).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="guided"):
+        cache = m.new_cache(2)
+        m.append_emg(cache, e)
+        m.prime(cache, a[:, :, :2])
+        m.step(cache, guidance=2.0)
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_seeded_sampling_reproducible(layout):
+    m = tiny(layout)
+    a, e = codes(2, 12)
+
+    def gen(seed):
+        g = torch.Generator().manual_seed(seed)
+        return m.generate(a[:, :, :2], e, 10, guidance=2.0, top_k=8, top_p=0.9, generator=g)
+
+    assert torch.equal(gen(5), gen(5))
+    assert not torch.equal(gen(5), gen(6))
+
+
+def test_sample_logits_filters():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 32, generator=g)
+    best = logits.argmax(-1)
+    assert torch.equal(sample_logits(logits, temperature=0), best)
+    assert torch.equal(sample_logits(logits, top_k=1, generator=g), best)
+    assert torch.equal(sample_logits(logits, top_p=1e-6, generator=g), best)
+    top4 = logits.topk(4).indices
+    for _ in range(20):
+        s = sample_logits(logits, top_k=4, generator=g)
+        assert (top4 == s[:, None]).any(-1).all()
+
+
+# ---- scales -----------------------------------------------------------------------------------
+
+def count_by_formula(cfg: TransformerConfig) -> int:
+    """Parameters of the flat layout, derived by hand (no biases):
+    audio embedding + output head 2 V d, level embedding n_q d, EMG embedding n_qe K_e d,
+    per layer: self-attention 4 d^2 (qkv, out), cross-attention 4 d^2 (q, kv, out) + d (null
+    value), SwiGLU 3 d h, four RMSNorms 4 d; final RMSNorm d."""
+    d, h, V = cfg.d_model, cfg.ffn_width, cfg.vocab_size
+    layer = 4 * d * d + 4 * d * d + d + 3 * d * h + 4 * d
+    return 2 * V * d + cfg.n_q * d + cfg.emg_n_q * cfg.emg_codebook_size * d + \
+        cfg.n_layers * layer + d
+
+
+def test_paper_and_cpu_parameter_counts():
+    paper, cpu = TransformerConfig.paper(), TransformerConfig.cpu()
+    assert (paper.d_model, paper.n_layers, paper.n_heads, paper.head_dim) == (384, 6, 6, 64)
+    assert paper.vocab_size == 8192 and paper.ffn_width == 1536
+    with torch.device("meta"):
+        n_paper = TranslationTransformer(paper).num_params()
+        n_cpu = TranslationTransformer(cpu).num_params()
+    print(f"paper preset: {n_paper:,} parameters; cpu preset: {n_cpu:,}")
+    # 2*8192*384 + 4*384 + 4*2048*384 + 6*(20*384^2 + 5*384) + 384
+    assert count_by_formula(paper) == 27_145_344 == n_paper
+    # 2*4096*128 + 4*128 + 4*1024*128 + 4*(20*128^2 + 5*128) + 128
+    assert count_by_formula(cpu) == 2_886_784 == n_cpu

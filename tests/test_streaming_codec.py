@@ -149,6 +149,22 @@ def test_causal_codec_encode_codes_decode_streams(trained_rvq_codec, chunk):
     assert_streams(wav, wav_s)
 
 
+@pytest.mark.parametrize("block", [1, 13, 101])  # samples: never whole hops (hop 8)
+def test_encode_stream_takes_blocks_of_any_length(trained_rvq_codec, block):
+    model, hop = trained_rvq_codec, trained_rvq_codec.cfg.hop
+    x = torch.randn(1, 1, 30 * hop)
+    with torch.no_grad():
+        codes = model.encode(x).codes
+        model.reset_stream()
+        outs = [model.encode_stream(x[..., i : i + block]) for i in range(0, x.shape[-1], block)]
+        wavs = [model.decode_codes_stream(o.codes) for o in outs if o.codes.shape[-1]]
+        wav = model.decode_codes(codes)
+    assert sum(o.codes.shape[-1] == 0 for o in outs) == (len(outs) - 30 if block < hop else 0)
+    assert torch.equal(torch.cat([o.codes for o in outs], dim=-1), codes)
+    assert_streams(wav, torch.cat(wavs, dim=-1))
+    assert model.decode_stream(torch.zeros(1, 8, 0)).shape == (1, 1, 0)
+
+
 def test_offline_call_ends_a_stream(trained_rvq_codec):
     model, hop = trained_rvq_codec, trained_rvq_codec.cfg.hop
     x = torch.randn(1, 1, 8 * hop)
@@ -168,8 +184,9 @@ def test_stream_errors():
     model = Codec(tiny())
     with pytest.raises(ValueError, match="eval"):
         model.encode_stream(torch.randn(1, 1, 8))
-    with pytest.raises(ValueError, match="whole hops"):
-        model.eval().encode_stream(torch.randn(1, 1, 12))
+    model.eval().encode_stream(torch.randn(2, 1, 12))
+    with pytest.raises(ValueError, match="reset_state"):  # a stream keeps its batch shape
+        model.encode_stream(torch.randn(1, 1, 12))
 
 
 @pytest.mark.parametrize("causal", [True, False])

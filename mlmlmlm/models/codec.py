@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mlmlmlm.nn.cached import caches, reset_state, set_streaming
+from mlmlmlm.nn.cached import FrameBuffer1d, caches, reset_state, set_streaming
 from mlmlmlm.nn.layers import (
     OobleckDecoder,
     OobleckEncoder,
@@ -130,11 +130,12 @@ class Codec(nn.Module):
     The zero tail is part of what the encoder sees, so the last frame of a length that is not a
     multiple of ``hop`` differs from that of the longer signal.
 
-    A ``causal`` codec also streams: :meth:`encode_stream` takes chunks of whole hops,
-    :meth:`decode_stream` / :meth:`decode_codes_stream` whole frames, and the concatenated chunks
-    equal the offline :meth:`encode` / :meth:`decode` (no delay to trim). Frame ``j`` needs input
-    samples up to ``(j + 1) * hop - 1`` and decodes to output samples ``j*hop .. (j+1)*hop - 1``,
-    so the algorithmic latency is one hop (:attr:`latency_samples`) plus compute.
+    A ``causal`` codec also streams: :meth:`encode_stream` takes chunks of any length and emits
+    the frames they complete, :meth:`decode_stream` / :meth:`decode_codes_stream` take frames,
+    and the concatenated chunks equal the offline :meth:`encode` / :meth:`decode` (no delay).
+    Frame ``j`` needs input samples up to ``(j + 1) * hop - 1`` and decodes to output samples
+    ``j*hop .. (j+1)*hop - 1``, so the algorithmic latency is one hop (:attr:`latency_samples`)
+    plus compute.
 
     Parameters
     ----------
@@ -183,6 +184,8 @@ class Codec(nn.Module):
             cfg.causal,
             **snake_kw,
         )
+        if cfg.causal:  # encode_stream's input: samples wait here until they make whole hops
+            self.frames = FrameBuffer1d(cfg.hop)
         self._caches = caches(self)  # the stateful streaming layers (none when centred)
 
     # ---------------------------------------------------------------- shape checks
@@ -267,20 +270,25 @@ class Codec(nn.Module):
 
         Parameters
         ----------
-        x : Tensor[B x C x n*hop]
-            The next ``n >= 1`` hops of input; the encoder keeps what later frames still see.
+        x : Tensor[B x C x T]
+            The next ``T`` samples, any ``T``: samples that do not yet complete a frame wait in
+            :attr:`frames` (a :class:`~mlmlmlm.nn.cached.FrameBuffer1d`) for the next chunk, and
+            the encoder keeps what later frames still see.
 
         Returns
         -------
         EncodeResult
-            ``z`` Tensor[B x D x n] and ``codes`` LongTensor[B x n_q x n] (rvq), the same frames
-            :meth:`encode` gives for the whole signal.
+            ``z`` Tensor[B x D x n] and ``codes`` LongTensor[B x n_q x n] (rvq) for the ``n``
+            frames completed by this chunk (``n`` may be 0; ``n = T / hop`` when every chunk is
+            whole hops), the same frames :meth:`encode` gives for the whole signal.
         """
         self._check_input(x)
-        hop = self.cfg.hop
-        if x.shape[-1] == 0 or x.shape[-1] % hop:
-            raise ValueError(f"stream chunks must be whole hops ({hop} samples), got {x.shape[-1]}")
         self._stream_mode(True)
+        x = self.frames(x)  # [B, C, n*hop]
+        if x.shape[-1] == 0:  # no frame completed yet: empty z (and codes)
+            b, rvq = x.shape[0], self.cfg.bottleneck == "rvq"
+            codes = x.new_zeros(b, self.cfg.n_q, 0, dtype=torch.long) if rvq else None
+            return EncodeResult(z=x.new_zeros(b, self.cfg.latent_dim, 0), codes=codes)
         b = self.bottleneck(self.encoder(x))  # per frame: the RVQ streams as it is
         return EncodeResult(z=b.z, codes=b.codes)
 
@@ -289,6 +297,8 @@ class Codec(nn.Module):
         :meth:`decode` gives for those frames of the whole signal."""
         self._check_latents(z)
         self._stream_mode(True)
+        if z.shape[-1] == 0:  # nothing to decode (encode_stream completed no frame)
+            return z.new_zeros(z.shape[0], self.cfg.in_channels, 0)
         return self.decoder(z)
 
     def decode_codes_stream(self, codes: Tensor) -> Tensor:

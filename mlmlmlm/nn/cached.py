@@ -93,6 +93,26 @@ class CachedOverlapAdd1d(_Cache):
         return y[..., :n]
 
 
+class FrameBuffer1d(_Cache):
+    """Holds samples back until they make whole frames of ``size`` samples, so a stream may
+    arrive in blocks of any length (an audio callback's 64, a second's 22050).
+
+    ``x``: Tensor[B x C x T] -> Tensor[B x C x n*size], the whole frames among the held samples
+    and ``x`` (``n`` may be 0); the rest (fewer than ``size`` samples) waits for the next block.
+    Offline it passes ``x`` through. Delay: none beyond waiting for a frame's last sample.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.streaming:
+            return x
+        if self.state is not None and self.state.shape[:2] != x.shape[:2]:
+            self._state_for(x)  # raises: a stream of another shape
+        y = x if self.state is None else torch.cat([self.state, x], dim=-1)
+        n = y.shape[-1] - y.shape[-1] % self.size  # samples in whole frames
+        self.state = y[..., n:].detach().clone()  # [B, C, < size]
+        return y[..., :n]
+
+
 class CausalConv1d(nn.Conv1d):
     """``nn.Conv1d`` with left-only padding through a visible :class:`CachedPad1d` (``.pad``).
 

@@ -19,9 +19,9 @@ TOL = 1e-4
 
 def tiny(layout="flat", lookahead=0, **kw) -> TranslationTransformer:
     torch.manual_seed(0)
-    cfg = TransformerConfig(n_q=N_Q, codebook_size=K, emg_n_q=N_QE, emg_codebook_size=K_E,
-                            d_model=32, n_layers=2, n_heads=2, layout=layout,
-                            lookahead=lookahead, dropout=0.0, depth_layers=1, **kw)
+    kw = {"n_q": N_Q, "codebook_size": K, "emg_n_q": N_QE, "emg_codebook_size": K_E,
+          "d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.0, "depth_layers": 1, **kw}
+    cfg = TransformerConfig(layout=layout, lookahead=lookahead, **kw)
     return TranslationTransformer(cfg).eval()
 
 
@@ -95,6 +95,22 @@ def test_emg_changes_the_output(layout):
     mask = o.valid[None, :, :, None]
     change = ((o2.logits - o.logits).abs() * mask).sum() / (mask.sum() * K * 2)
     assert change > 0.1 * o.logits[:, o.valid].std()  # a real margin, not rounding
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_emg_keys_carry_their_time(layout):
+    # attention over a set of keys without positions is blind to their order: swapping two
+    # visible EMG frames would change nothing (the prior implementation's keys had no position).
+    # One layer, so frames >= 3 can learn of the swap only through their own cross-attention.
+    m = tiny(layout, n_layers=1)
+    with torch.no_grad():  # sharper scores than at init, as after training
+        m.blocks[0].cross.q.weight.mul_(10)
+        m.blocks[0].cross.kv.weight.mul_(10)
+    a, e = codes(2, 10)
+    e2 = e.clone()
+    e2[:, :, [1, 3]] = e[:, :, [3, 1]]
+    d = changed_frames(m, a, e, e2)
+    assert torch.all(d[3:] > 1e-3), d
 
 
 @pytest.mark.parametrize("layout", ["flat", "frame"])

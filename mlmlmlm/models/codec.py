@@ -135,7 +135,9 @@ class Codec(nn.Module):
     and the concatenated chunks equal the offline :meth:`encode` / :meth:`decode` (no delay).
     Frame ``j`` needs input samples up to ``(j + 1) * hop - 1`` and decodes to output samples
     ``j*hop .. (j+1)*hop - 1``, so the algorithmic latency is one hop (:attr:`latency_samples`)
-    plus compute.
+    plus compute. Stream in eval mode under ``torch.inference_mode()`` and
+    ``torch.nn.utils.parametrize.cached()`` (weight norm computed once, not per chunk); see
+    :mod:`mlmlmlm.bench_stream`.
 
     Parameters
     ----------

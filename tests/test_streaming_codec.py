@@ -2,12 +2,15 @@
 same weights offline and chunk by chunk; the layers add no delay, so there is nothing to trim),
 causality, and the centred codec left as it was."""
 
+import dataclasses
 import hashlib
 
 import pytest
 import torch
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from mlmlmlm.bench_stream import CPU_STREAM
 from mlmlmlm.models.codec import Codec, CodecConfig
 from mlmlmlm.nn.cached import CausalConvTranspose1d, caches, reset_state, run_chunked, set_streaming
 from mlmlmlm.nn.layers import conv
@@ -25,6 +28,16 @@ def tiny(**kw) -> CodecConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny chunks gain nothing from a second thread, and on a busy 2-core machine two torch
+    # threads spin against each other: 1-frame streaming took 330 ms a chunk instead of 7.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def streamed(module, x, chunk):
@@ -163,6 +176,31 @@ def test_encode_stream_takes_blocks_of_any_length(trained_rvq_codec, block):
     assert torch.equal(torch.cat([o.codes for o in outs], dim=-1), codes)
     assert_streams(wav, torch.cat(wavs, dim=-1))
     assert model.decode_stream(torch.zeros(1, 8, 0)).shape == (1, 1, 0)
+
+
+@pytest.fixture(scope="module")
+def cpu_scale_offline():
+    """The cpu-scale starting point (22.05 kHz, hop 256, 16 channels, RVQ 4 x 1024), causal, and
+    its offline codes and decoding of 2 s of noise (173 frames, the last one zero-padded)."""
+    torch.manual_seed(0)
+    model = Codec(dataclasses.replace(CPU_STREAM, kmeans_init=False)).eval()
+    x = torch.nn.functional.pad(0.1 * torch.randn(1, 1, 2 * 22050), (0, 173 * 256 - 2 * 22050))
+    with torch.inference_mode():
+        codes = model.encode(x).codes  # [1, 4, 173]
+        wav = model.decode_codes(codes)
+    return model, x, codes, wav
+
+
+@pytest.mark.parametrize("chunk", [256, 3 * 256, 22050])  # 1 frame, 3 frames, 1 s (issue 8)
+def test_cpu_scale_causal_codec_streams(cpu_scale_offline, chunk):
+    model, x, codes, wav = cpu_scale_offline
+    with torch.inference_mode(), parametrize.cached():
+        model.reset_stream()
+        codes_s = run_chunked(lambda c: model.encode_stream(c).codes, x, chunk)
+        wav_s = run_chunked(model.decode_codes_stream, codes_s, max(1, chunk // 256))
+    assert len(codes.unique()) > 3
+    assert torch.equal(codes_s, codes)
+    assert_streams(wav, wav_s)
 
 
 def test_offline_call_ends_a_stream(trained_rvq_codec):

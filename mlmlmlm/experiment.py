@@ -41,10 +41,12 @@ def build_loss(cfg: RunConfig):
 
 
 def channel_names(cfg: RunConfig, data_root: str | Path) -> list[str]:
-    """Names of the run's input channels, from the corpus manifest (audio first, then EMG)."""
-    path = Path(data_root) / "corpus.json"
-    names = json.loads(path.read_text())["channels"] if path.exists() else \
-        ["audio"] + [f"emg_{i}" for i in range(1, 7)]
+    """Names of the run's input channels (audio first, then EMG), as the data folder names them
+    (``corpus.json`` or ``bela.json``; ``audio, emg1 ... emg6`` otherwise)."""
+    from mlmlmlm.data.io import find_recordings
+
+    refs = find_recordings(data_root)
+    names = list(refs[0].channel_names) if refs else ["audio"] + [f"emg{i}" for i in range(1, 7)]
     return {"audio": names[:1], "emg": names[1:], "emg_audio": names}[cfg.data.modality]
 
 
@@ -69,7 +71,11 @@ def train_codec(cfg: RunConfig, run_dir: str | Path, data_root: str | Path,
     from mlmlmlm.data.dataset import WindowDataset
     from mlmlmlm.train import CodecTask, train
 
+    from mlmlmlm.data.check import require_eval_windows
+
     check_consistent(cfg)
+    # a folder too small to evaluate fails here, not after the training
+    require_eval_windows(data_root, cfg.eval.split, cfg.eval.window_s, cfg.data.window_hop_s)
     data = WindowDataset(data_config(cfg, data_root), "train", train=True)
     task = CodecTask(build_codec(cfg), build_loss(cfg))
     return train(task, data, cfg.train, Path(run_dir), extra=cfg.to_dict(), resume=resume,
@@ -238,8 +244,9 @@ def loss_weights(cfg: RunConfig) -> dict[str, float]:
 
 def epochs_seen(cfg: RunConfig, steps: int, data_root: str | Path) -> float:
     """Passes over the training split the run made (samples seen / samples in the split)."""
-    manifest = json.loads((Path(data_root) / "corpus.json").read_text())
-    train_s = sum(r["duration_s"] for r in manifest["recordings"] if r["split"] == "train")
+    from mlmlmlm.data.check import split_seconds
+
+    train_s = split_seconds(data_root, "train")
     train_s *= len(cfg.data.time_stretch)
     seen_s = steps * cfg.train.batch_size * cfg.data.segment / cfg.data.sr
     return seen_s / max(train_s, 1e-9)

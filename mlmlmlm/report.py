@@ -257,3 +257,22 @@ def save_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     path = Path(run_dir) / METRICS_FILE
     write_json_atomic(path, metrics)
     return path
+
+
+CONTROL_KEYS = ("bow_force", "bow_velocity", "vibrato_depth", "pitch", "loudness_db")
+
+
+def control_curves(controls: dict[str, np.ndarray], rate: float, keys=CONTROL_KEYS):
+    """The ground-truth control curves of one window, one row per curve ``[T_c]`` at ``rate``
+    (those of ``keys`` the window has)."""
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if k in controls]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 0.9 * len(keys)), sharex=True,
+                             constrained_layout=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        curve = controls[key]
+        ax.plot(np.arange(len(curve)) / rate, curve, lw=0.8)
+        ax.set_ylabel(key, rotation=0, ha="right", fontsize=7)
+    axes[-1, 0].set_xlabel("time (s)")
+    return fig

@@ -17,7 +17,8 @@
 # This page shows the corpus every later chapter trains on: seven time-aligned channels (viola
 # audio and six surface-EMG placements), how they were made, what they look and sound like, and
 # how the synthetic EMG compares with real surface EMG. The runbook executes it with the
-# parameters below; in JupyterLab, run it top to bottom as it is.
+# parameters below; in JupyterLab, run it top to bottom as it is. Pointed at your own recordings
+# (`data_root`), it shows the same for them, and only reads the folder.
 
 # %% tags=["parameters"]
 run = "01_dataset/default"  # <phase>/<run>: the experiment this page shows
@@ -39,21 +40,20 @@ from mlmlmlm.data.synth import plux
 from mlmlmlm.notebook import setup
 
 S = setup(run, scale, smoke, config, run_dir, data_root)
-man = stats.manifest(S.data_root)
 recs = stats.load_all(S.data_root)
+info = stats.folder_info(S.data_root, recs)
 
 # %% [markdown]
 # ## How this corpus was made
 #
-# The manifest records the seed, the size, the sound source and how long the build took. Building
-# it again with the same seed gives byte-identical files.
+# For the default corpus the manifest records the seed, the size, the sound source and how long
+# the build took; building it again with the same seed gives byte-identical files. For a folder
+# of your own, the table counts what is there.
 
 # %%
-info = {"recordings": len(man["recordings"]), "paired minutes (requested)": man["minutes"],
-        "seed": man["seed"], "audio rate (Hz)": man["audio_sr"], "EMG rate (Hz)": man["emg_sr"],
-        "sound source": man["sound_source"], "build time (s)": round(man["build"]["seconds"], 1)}
-display(Markdown(report.markdown_table([info])))
-display(Markdown("**Channels:** " + ", ".join(f"`{c}`" for c in man["channels"])))
+display(Markdown(report.markdown_table([info.table])))
+display(Markdown("**Channels:** " + ", ".join(f"`{c}`" for c in info.channels)))
+display(Markdown(info.splits_note))
 
 # %% [markdown]
 # ## Size of each split
@@ -75,22 +75,20 @@ display(Markdown(report.markdown_table(splits, floatfmt=".2f")))
 # %%
 examples = stats.example_windows(recs, S.cfg.eval.split, S.cfg.eval.n_examples, w.window_s)
 ex = examples[0]
-fig = report.multichannel_view(ex.audio, ex.audio_sr, ex.emg, ex.emg_sr, man["channels"],
+fig = report.multichannel_view(ex.audio, ex.audio_sr, ex.emg, ex.emg_sr, info.channels,
                                title=ex.label)
 plt.show()
 
 # %% [markdown]
-# The ground-truth control curves that drove this window (kept with every recording):
+# The ground-truth control curves that drove this window (kept with every recording of the
+# default corpus; a folder of your own may carry them as `<name>.controls.npz`):
 
 # %%
-keys = ["bow_force", "bow_velocity", "vibrato_depth", "pitch", "loudness_db"]
-fig, axes = plt.subplots(len(keys), 1, figsize=(10, 4.5), sharex=True, constrained_layout=True)
-for ax, key in zip(axes, keys):
-    curve = ex.controls[key]
-    ax.plot(np.arange(len(curve)) / ex.control_rate, curve, lw=0.8)
-    ax.set_ylabel(key, rotation=0, ha="right", fontsize=7)
-axes[-1].set_xlabel("time (s)")
-plt.show()
+if ex.controls:
+    report.control_curves(ex.controls, ex.control_rate)
+    plt.show()
+else:
+    display(Markdown("*Not available: this folder has no control curves.*"))
 
 # %% [markdown]
 # ## Spectrograms of every channel
@@ -101,7 +99,7 @@ plt.show()
 # %%
 fig = report.spectrogram_grid([("audio", ex.audio)], ex.audio_sr, "audio", title=ex.label)
 plt.show()
-fig = report.spectrogram_grid(list(zip(man["channels"][1:], ex.emg)), ex.emg_sr, "emg",
+fig = report.spectrogram_grid(list(zip(info.channels[1:], ex.emg)), ex.emg_sr, "emg",
                               ncols=3)
 plt.show()
 
@@ -109,7 +107,7 @@ plt.show()
 # ## Listen
 #
 # The fixed list of held-out windows used by every chapter, and windows of the real-EMG-driven
-# split.
+# split (the default corpus only).
 
 # %%
 real = stats.example_windows(recs, "test_real", 2, w.window_s)
@@ -124,7 +122,7 @@ display(report.audio_table(rows, ex.audio_sr))
 # that the data layer applies when training).
 
 # %%
-chans = stats.channel_table(recs, man["channels"])
+chans = stats.channel_table(recs, info.channels)
 display(Markdown(report.markdown_table(chans, floatfmt=".3g")))
 
 # %% [markdown]
@@ -132,23 +130,26 @@ display(Markdown(report.markdown_table(chans, floatfmt=".3g")))
 #
 # The PLUX recordings shipped with `biosignalsnotebooks` are real surface EMG (adductor pollicis
 # and biceps brachii, 1 kHz). Both are compared at 1 kHz: spectra, median frequency, RMS and the
-# shape of the amplitude distribution (kurtosis; a Gaussian has 3).
+# shape of the amplitude distribution (kurtosis; a Gaussian has 3). A folder of your own is
+# compared the same way; its amplitudes are in its own units, so compare shapes, not RMS.
 
 # %%
-cmp = plux.compare_synthetic_to_real(S.data_root)
+cmp = stats.compare_to_real(S.data_root, recs, info)
 display(Markdown(report.markdown_table(cmp.reset_index().to_dict("records"), floatfmt=".3g")))
 
 # %%
 real_recs = plux.load_plux()
 syn = np.concatenate([r.emg for r in recs if r.split != "test_real"], axis=1)
+label = "synthetic" if info.ours else "this folder"
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2), constrained_layout=True)
 for c in range(syn.shape[0]):
     f, p = plux.psd(syn[c], recs[0].emg_sr)
-    a1.semilogy(f, p / p.sum(), lw=0.8, label=man["channels"][c + 1].replace("emg_", ""))
+    a1.semilogy(f, p / p.sum(), lw=0.8, label=info.channels[c + 1].replace("emg_", ""))
 for r in real_recs:
     f, p = plux.psd(r.emg, r.fs)
     a1.semilogy(f, p / p.sum(), "k--", lw=0.8, alpha=0.6)
-a1.set(xlim=(0, 500), xlabel="Hz", ylabel="normalised PSD", title="spectra (dashed: real PLUX)")
+a1.set(xlim=(0, 500), xlabel="Hz", ylabel="normalised PSD",
+       title=f"{label} spectra (dashed: real PLUX)")
 a1.legend(fontsize=6)
 for x, style in [(syn[0], "C0"), (real_recs[0].emg, "k")]:
     z = (x - x.mean()) / x.std()
@@ -165,13 +166,6 @@ plt.show()
 # truth, and bring real recordings (see the README) to test the music.
 
 # %%
-syn_mf = cmp.loc[cmp["source"] == "synthetic", "median_freq_hz"].mean()
-real_mf = cmp.loc[cmp["source"] == "real", "median_freq_hz"].mean()
-by_split = {r["split"]: r["windows"] for r in splits}
-metrics = {"recordings": len(recs), "minutes_paired": sum(r["minutes"] for r in splits
-                                                          if r["split"] != "test_real"),
-           **{f"windows_{k}": v for k, v in by_split.items()},
-           "emg_median_freq_synthetic_hz": float(syn_mf), "emg_median_freq_real_hz": float(real_mf),
-           "build_seconds": float(man["build"]["seconds"]), "sound_source": man["sound_source"]}
+metrics = stats.dataset_metrics(recs, splits, cmp, info)
 report.save_metrics(S.run_dir, metrics)
 pd.Series(metrics)

@@ -75,3 +75,24 @@ def read_bela_log(path) -> BelaLog:
     if len(steps) and (np.any(steps <= 0) or np.any(steps != steps[0])):
         raise DataError(path, "logger buffers are not contiguous (a buffer was dropped?)")
     return BelaLog(project, variable, type_code, timestamps, values)
+
+
+def write_bela_log(path, values: np.ndarray, variable: str, project: str = "mlmlmlm",
+                   start: int = 0, step: int = 1024) -> Path:
+    """Write ``values`` [n] (float32) as a pybela ``Logger`` file in dense mode, the layout
+    :func:`read_bela_log` documents: the header, then 1024-value buffers whose timestamps advance
+    by ``step`` ticks, the last buffer zero-padded. Written atomically."""
+    from mlmlmlm.atomic import write_bytes_atomic
+
+    per = (BELA_BUFFER_BYTES - 8) // 4
+    header = b"".join(s.encode() + b"\0" for s in (project, variable, "f"))
+    header += np.array([0, 0], "<u4").tobytes()  # pid, pid id
+    header += b"\0" * (-len(header) % 4)
+    v = np.asarray(values, dtype="<f4").reshape(-1)
+    n_buf = max(1, -(-len(v) // per))
+    body = np.zeros((n_buf, BELA_BUFFER_BYTES), np.uint8)
+    body[:, :8] = (start + step * np.arange(n_buf, dtype="<u8")).view(np.uint8).reshape(n_buf, 8)
+    padded = np.zeros(n_buf * per, "<f4")
+    padded[: len(v)] = v
+    body[:, 8:] = padded.view(np.uint8).reshape(n_buf, -1)
+    return write_bytes_atomic(path, header + body.tobytes())

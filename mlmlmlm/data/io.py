@@ -21,7 +21,9 @@ A dataset folder is searched recursively (hidden files and folders are ignored).
 Any recording may carry ``<name>.controls.npz`` (``controls.npz`` inside a Bela folder): float
 arrays at ``control_rate`` Hz (default 100), each ``[T_c]``. A ``corpus.json`` at the root
 (see :func:`read_manifest`) fixes splits, declared rates and channel names; without it, splits
-come from :func:`mlmlmlm.data.preprocess.split_names`.
+come from :func:`mlmlmlm.data.preprocess.split_names`; a folder of fewer than three recordings
+is split by time instead (:data:`TIME_SPLITS`: each recording's first 80 % train, 10 % val, last
+10 % test, as ``<name>#train`` ...).
 """
 
 from __future__ import annotations
@@ -215,7 +217,14 @@ def _replace(ref: RecordingRef, **changes) -> RecordingRef:
     return RecordingRef(**{**ref.__dict__, **changes})
 
 
+# A folder of one or two recordings and no corpus.json is split by time, within each recording.
+TIME_SPLITS = (("train", 0.0, 0.8), ("val", 0.8, 0.9), ("test", 0.9, 1.0))
+
+
 def _assign_splits(refs, manifest, manifest_path, problems) -> list[RecordingRef]:
+    if manifest is None and 0 < len(refs) < 3:
+        return [_replace(r, name=f"{r.name}#{split}", split=split, span=(a, b))
+                for r in refs for split, a, b in TIME_SPLITS]
     if manifest is None:
         splits = split_names([r.name for r in refs])
         return [_replace(r, split=splits[r.name]) for r in refs]
@@ -375,6 +384,16 @@ def load_recording(ref: RecordingRef, expected_emg_channels: int = N_EMG) -> Rec
         n = round(len(audio) / audio_sr * emg_sr)
         emg = np.stack([read_bela_log(p).values[:n].astype(np.float32) for p in ref.bin_paths])
     controls = load_controls(ref.controls_path) if ref.controls_path else None
+    if ref.span != (0.0, 1.0):  # one part of a recording split by time
+        a, b = ref.span
+        dur = len(audio) / audio_sr
+
+        def cut(x, sr):
+            return x[..., round(a * dur * sr) : round(b * dur * sr)]
+
+        audio, emg = cut(audio, audio_sr), cut(emg, emg_sr)
+        if controls:
+            controls = {k: cut(v, ref.control_rate) for k, v in controls.items()}
     return Recording(
         name=ref.name,
         path=ref.path,

@@ -42,7 +42,9 @@ class RecordingRef:
     ``format`` is ``"windows"``, ``"pair"`` or ``"bela"``; ``path`` the 7-channel WAV, the audio
     WAV or the Bela folder; ``emg_path`` the EMG WAV of a pair; ``bin_paths`` the logger files of
     a Bela folder in channel order. ``declared_audio_sr``/``declared_emg_sr`` come from
-    ``corpus.json`` (``None`` without one).
+    ``corpus.json`` (``None`` without one). ``span`` is the part of the file this recording is,
+    as fractions of its duration: ``(0, 1)`` but for folders of fewer than three recordings and
+    no ``corpus.json``, which are split by time (``take1#train`` is ``(0, 0.8)`` of take1).
     """
 
     name: str
@@ -57,6 +59,7 @@ class RecordingRef:
     declared_audio_sr: float | None = None
     declared_emg_sr: float | None = None
     channel_names: tuple[str, ...] = tuple(DEFAULT_CHANNELS)
+    span: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass

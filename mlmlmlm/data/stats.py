@@ -122,5 +122,91 @@ def example_windows(
 
 
 def manifest(root: Path) -> dict:
+    """``corpus.json`` of ``root`` ({} when the folder has none, e.g. a user's recordings)."""
     path = Path(root) / "corpus.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+@dataclass
+class FolderInfo:
+    """What chapter 1 says about a data folder, whether our default corpus or a user's."""
+
+    ours: bool  # the embedded default corpus (with its manifest, controls and test_real split)
+    table: dict  # one row: recordings, minutes, rates, source, ...
+    channels: list[str]  # "audio", then the six EMG channel names
+    splits_note: str  # where the splits come from, in one sentence
+    has_controls: bool  # every recording carries ground-truth control curves
+
+
+def folder_info(root: Path, recs: list[Recording]) -> FolderInfo:
+    """Describe ``root`` (its loaded recordings ``recs``) for the dataset page."""
+    from mlmlmlm.data.corpus import read_ours
+
+    man = read_ours(Path(root)) or {}
+    has_manifest = (Path(root) / "corpus.json").is_file()
+    minutes = sum(r.duration_s for r in recs) / 60
+    emg_rates = sorted({float(r.emg_sr) for r in recs})
+    table = {"recordings": len(recs), "minutes": round(minutes, 2),
+             "audio rate (Hz)": ", ".join(f"{sr:g}" for sr in sorted({r.audio_sr for r in recs})),
+             "EMG rate (Hz)": ", ".join(f"{sr:g}" for sr in emg_rates),
+             "layouts": ", ".join(sorted({r.format for r in recs}))}
+    if man:
+        table |= {"seed": man["seed"], "sound source": man["sound_source"],
+                  "build time (s)": round(man["build"]["seconds"], 1)}
+    else:
+        table["sound source"] = "your recordings"
+    if has_manifest:
+        note = "Splits come from the folder's `corpus.json`."
+    elif len({r.name.split("#")[0] for r in recs}) < 3:
+        note = ("This folder has no `corpus.json` and fewer than three recordings, so each "
+                "recording was split by time: its first 80 % for training, then 10 % "
+                "validation and the last 10 % test.")
+    else:
+        note = ("This folder has no `corpus.json`, so the splits were made by recording: names "
+                "in sorted order, the last tenth (at least one) test, the tenth before it "
+                "validation, the rest training.")
+    return FolderInfo(ours=bool(man), table=table, channels=list(recs[0].channel_names),
+                      splits_note=note, has_controls=all(r.controls for r in recs))
+
+
+def compare_to_real(root: Path, recs: list[Recording], info: FolderInfo):
+    """EMG statistics of the folder beside the real PLUX recordings (a DataFrame, one row per
+    signal, columns ``source``, ``muscle`` and :func:`mlmlmlm.data.synth.plux.emg_stats`).
+
+    The default corpus is compared through its manifest (synthetic channels in mV). A user's
+    folder is compared on all its recordings; its amplitudes are in the folder's own units (the
+    sensor's scale is not known), so only the shape columns (median frequency, kurtosis, mains
+    share) compare directly.
+    """
+    import pandas as pd
+
+    from mlmlmlm.data.synth import plux
+
+    if info.ours:
+        return plux.compare_synthetic_to_real(root)
+    rows = []
+    for c, name in enumerate(info.channels[1:]):
+        x = np.concatenate([plux.to_rate(r.emg[c].astype(np.float64), r.emg_sr) for r in recs])
+        rows.append({"source": "this folder", "muscle": name, **plux.emg_stats(x, plux.STATS_FS)})
+    index = [f"folder:{name}" for name in info.channels[1:]]
+    real = plux.compare_synthetic_to_real(None)
+    return pd.concat([pd.DataFrame(rows, index=pd.Index(index, name="signal")), real])
+
+
+def dataset_metrics(recs: list[Recording], splits: list[dict], cmp, info: FolderInfo) -> dict:
+    """The dataset run card's metrics; what a user's folder cannot give is ``None`` with the
+    reason under ``not_computed``."""
+    ours = "synthetic" if info.ours else "this folder"
+    mf = cmp.loc[cmp["source"] == ours, "median_freq_hz"].mean()
+    real_mf = cmp.loc[cmp["source"] == "real", "median_freq_hz"].mean()
+    out = {"recordings": len({r.name.split("#")[0] for r in recs}),
+           "minutes_paired": sum(r["minutes"] for r in splits if r["split"] != "test_real"),
+           **{f"windows_{r['split']}": r["windows"] for r in splits},
+           ("emg_median_freq_synthetic_hz" if info.ours else "emg_median_freq_folder_hz"):
+               float(mf),
+           "emg_median_freq_real_hz": float(real_mf),
+           "sound_source": info.table["sound source"],
+           "build_seconds": info.table.get("build time (s)")}
+    if not info.ours:
+        out["not_computed"] = {"build_seconds": "a folder of your own: not built by mlmlmlm"}
+    return out

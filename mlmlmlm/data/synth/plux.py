@@ -227,12 +227,13 @@ def compare_synthetic_to_real(corpus_root) -> pd.DataFrame:
     kinds are resampled to 1 kHz before :func:`emg_stats`. Returns one row per synthetic channel
     (index ``synthetic:<channel>``) and per real recording (``real:<name>``) with columns
     ``source`` (``"synthetic"``/``"real"``), ``muscle`` and the :func:`emg_stats` keys (amplitudes
-    in mV).
+    in mV). ``corpus_root=None`` gives the real rows only.
     """
     import soundfile as sf
 
-    root = Path(corpus_root)
-    man = json.loads((root / "corpus.json").read_text())
+    root = Path(corpus_root) if corpus_root is not None else None
+    man = json.loads((root / "corpus.json").read_text()) if root else \
+        {"channels": [], "recordings": []}
     scale = float(man.get("emg_full_scale_mv", 1.0))
     chans = man["channels"][1:]
     parts: list[list[np.ndarray]] = [[] for _ in chans]

@@ -68,10 +68,9 @@ def train_codec(cfg: RunConfig, run_dir: str | Path, data_root: str | Path,
     -------
     mlmlmlm.train.TrainResult
     """
+    from mlmlmlm.data.check import require_eval_windows
     from mlmlmlm.data.dataset import WindowDataset
     from mlmlmlm.train import CodecTask, train
-
-    from mlmlmlm.data.check import require_eval_windows
 
     check_consistent(cfg)
     # a folder too small to evaluate fails here, not after the training

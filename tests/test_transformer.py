@@ -321,6 +321,42 @@ def test_seeded_sampling_reproducible(layout):
     assert not torch.equal(gen(5), gen(6))
 
 
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_emg_chunking_does_not_change_sampled_tokens(layout):
+    m = tiny(layout, lookahead=1)
+    a, e = codes(1, 20)
+
+    def gen(chunk):
+        g = torch.Generator().manual_seed(11)
+        cache = m.new_cache(1, guided=True)
+        sent, out = 0, []
+        while sent < 3:
+            m.append_emg(cache, e[:, :, sent:sent + chunk])
+            sent += chunk
+        m.prime(cache, a[:, :, :2])
+        while cache.n_frames < 20:
+            while m.frames_ready(cache) == 0:
+                m.append_emg(cache, e[:, :, sent:sent + chunk])
+                sent += chunk
+            out.append(m.step(cache, guidance=2.0, top_p=0.95, generator=g).codes)
+        return torch.stack(out, 2)
+
+    once = gen(64)
+    assert torch.equal(gen(1), once) and torch.equal(gen(7), once)
+
+
+def test_condition_dropout_in_training():
+    m = tiny("flat", cond_dropout=0.5)
+    a, e = codes(64, 4)
+    dropped = m(a, e, drop_emg=torch.ones(64, dtype=torch.bool)).logits
+    m.train()
+    torch.manual_seed(0)
+    same = (m(a, e).logits - dropped).abs().amax(dim=(1, 2, 3)) < 1e-6  # [B]
+    assert 16 < int(same.sum()) < 48  # about half the rows saw only the null key
+    m.eval()
+    assert not ((m(a, e).logits - dropped).abs().amax(dim=(1, 2, 3)) < 1e-6).any()
+
+
 def test_sample_logits_filters():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 32, generator=g)

@@ -261,7 +261,9 @@ class TranslationTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def describe(self) -> dict:
-        return {**asdict(self.cfg), "params": self.num_params(), "positions": "rotary, absolute"}
+        return {**asdict(self.cfg), "params": self.num_params(),
+                "positions": "RoPE: audio by sequence index, cross by frame (queries: the frame "
+                             "they predict; EMG keys: their frame)"}
 
     # ---- positions and embeddings -------------------------------------------------------------
 
@@ -398,7 +400,7 @@ class TranslationTransformer(nn.Module):
         """How many more frames ``step`` can produce with the EMG appended so far."""
         return max(cache.n_emg - self.cfg.lookahead - cache.n_frames, 0)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def append_emg(self, cache: GenerationCache, emg_codes: Tensor) -> None:
         """Append EMG frames [B, emg_n_q, n] as they arrive: their cross K/V are computed once,
         here, for every layer, and never again."""
@@ -449,7 +451,7 @@ class TranslationTransformer(nn.Module):
         self._forget(cache)
         return h[:, -1]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prime(self, cache: GenerationCache, prompt_codes: Tensor) -> None:
         """Start from an audio prompt [B, n_q, P] (start tokens, P >= 1 frames).
 
@@ -478,7 +480,7 @@ class TranslationTransformer(nn.Module):
         cond, uncond = logits[:B], logits[B:]
         return uncond + guidance * (cond - uncond)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, cache: GenerationCache, codes: Tensor | None = None, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, guidance: float = 1.0,
              generator: torch.Generator | None = None) -> StepOutput:
@@ -493,6 +495,8 @@ class TranslationTransformer(nn.Module):
             raise ValueError("prime the cache with a prompt before step")
         if guidance != 1 and not cache.guided:
             raise ValueError("a guidance weight other than 1 needs new_cache(guided=True)")
+        if codes is not None and tuple(codes.shape) != (B, cfg.n_q):
+            raise ValueError(f"codes must be [{B}, {cfg.n_q}], got {list(codes.shape)}")
         copies = 2 if cache.guided else 1
         K, levels, logits = cfg.codebook_size, [], []
 
@@ -520,7 +524,7 @@ class TranslationTransformer(nn.Module):
         return StepOutput(codes=torch.stack(levels, 1), logits=torch.stack(logits, 1),
                           frame=cache.n_frames - 1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompt_codes: Tensor, emg_codes: Tensor, n_frames: int,
                  max_cache_frames: int | None = None, guidance: float = 1.0,
                  **sampling) -> Tensor:

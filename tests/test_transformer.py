@@ -17,6 +17,15 @@ N_Q, K, N_QE, K_E = 3, 16, 2, 8
 TOL = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: two torch threads only spin against each other on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(layout="flat", lookahead=0, **kw) -> TranslationTransformer:
     torch.manual_seed(0)
     kw = {"n_q": N_Q, "codebook_size": K, "emg_n_q": N_QE, "emg_codebook_size": K_E,

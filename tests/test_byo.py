@@ -159,11 +159,18 @@ def test_one_recording_is_split_by_time_and_stated(user_folders, tmp_path):
     whole = sum(r.duration_s for r in recs)
     assert abs(recs[1].duration_s - 0.8 * whole) < 0.01
     assert "split by time" in folder_info(one, recs).splits_note
-    # 20 s of recording: its 10 % parts are shorter than a 6-s window, and the check says why
+    # 20 s of recording: the files are fine, but its 2-s test part holds no 6-s window, and
+    # training says so before it starts
     proc = cli("data", "check", str(one))
+    assert proc.returncode == 0 and proc.stdout.startswith("OK: 1 recordings"), proc.stdout
+    proc = cli("train", "02_audio_codec/a_rvq_vae_1", "--data-root", str(one), "--run-dir",
+               str(tmp_path / "run"))
     assert proc.returncode == 2
-    assert "its test part (the 10 % held out by time: fewer than three recordings) lasts " \
-           "2.00 s, shorter than one 6-s window; record at least 60 s" in proc.stdout
+    assert proc.stderr.strip() == (
+        f"mlmlmlm: {one}: the held-out split 'test' has 0 window(s) of 6 s (a folder of fewer "
+        "than three recordings holds out the last 10 % of each by time); the evaluation needs at "
+        "least 2: bring more or longer recordings, or a corpus.json that puts more of them in "
+        "that split")
 
 
 def test_too_few_held_out_windows_is_one_line_before_training(user_folders, tmp_path):
@@ -177,6 +184,6 @@ def test_too_few_held_out_windows_is_one_line_before_training(user_folders, tmp_
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (
         f"mlmlmlm: {small}: the held-out split 'test' has 1 window(s) of 6 s; the evaluation "
-        "needs at least 2: bring more recordings, or a corpus.json that puts more of them in "
-        "that split")
+        "needs at least 2: bring more or longer recordings, or a corpus.json that puts more of "
+        "them in that split")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()

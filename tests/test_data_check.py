@@ -173,3 +173,35 @@ def test_bela_folder_problems(tmp_path):
         (".", NO_RECORDINGS),  # the only recording is unusable
         ("s1", "Bela folder holds 2 WAV files, expected 1 (the audio)"),
     ]
+
+
+def _bela_rec(folder, n=6):
+    folder.mkdir(parents=True)
+    sf.write(folder / "mic.wav", noise(SR_A), SR_A, subtype="PCM_16")
+    for i in range(n):
+        (folder / f"emg{i + 1}.bin").write_bytes(_bela_file(0.5 + noise(SR_E), f"emg{i + 1}"))
+
+
+def test_bela_json_unreadable_and_channels_without_logger_file(tmp_path):
+    _bela_rec(tmp_path / "s1")
+    (tmp_path / "s1" / "bela.json").write_text("{emg_sr: 4000")  # not JSON
+    [none, (path, msg)] = messages(check_path(tmp_path, window_s=1.0), tmp_path)
+    assert none == (".", NO_RECORDINGS)  # the only recording is unusable
+    assert path == "s1/bela.json" and msg.startswith("bela.json cannot be read: JSONDecodeError(")
+    (tmp_path / "s1" / "bela.json").write_text(json.dumps(
+        {"emg_sr": SR_E, "channels": ["emg1", "emg2", "emg3", "emg4", "emg5", "emg7"]}))
+    assert messages(check_path(tmp_path, window_s=1.0), tmp_path) == [
+        (".", NO_RECORDINGS), ("s1/bela.json", "channels ['emg7'] have no logger file")]
+
+
+def test_unknown_split_and_duplicate_names(tmp_path):
+    pair(tmp_path, "a", 1.2)
+    pair(tmp_path / "sub", "a", 1.2)  # the same name in two folders
+    assert messages(check_path(tmp_path, window_s=1.0), tmp_path) == [
+        ("sub/a.audio.wav", f"duplicate recording name 'a' (also {tmp_path / 'a.audio.wav'})")]
+    (tmp_path / "sub" / "a.audio.wav").unlink()
+    (tmp_path / "sub" / "a.emg.wav").unlink()
+    (tmp_path / "corpus.json").write_text(json.dumps(
+        {"recordings": [{"id": "a", "split": "holdout"}]}))
+    assert messages(check_path(tmp_path, window_s=1.0), tmp_path) == [
+        (".", NO_RECORDINGS), ("corpus.json", "recording 'a' has unknown split 'holdout'")]

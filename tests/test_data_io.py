@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mlmlmlm.data.io import DataError, find_recordings, load_recording, read_bela_log
+from mlmlmlm.data.io import DataError, find_recordings, load_recording, read_bela_log, scan
 
 RNG = np.random.default_rng(0)
 
@@ -34,7 +34,7 @@ def bela_log(values, var="emg1", type_code="f", project="emg-rec", start=1000, s
 def test_windows_file(tmp_path):
     x = noise(1000, 7)
     sf.write(tmp_path / "w1.wav", x, 8000, subtype="FLOAT")
-    (ref,) = find_recordings(tmp_path)
+    (ref,) = scan(tmp_path)[0]  # whole files (find_recordings splits one recording by time)
     assert (ref.name, ref.format, ref.split) == ("w1", "windows", "train")
     rec = load_recording(ref)
     assert rec.audio.shape == (1000,) and rec.emg.shape == (6, 1000)
@@ -47,7 +47,7 @@ def test_pair_at_own_rates_with_controls(tmp_path):
     sf.write(tmp_path / "p.audio.wav", noise(8000), 8000, subtype="PCM_16")
     sf.write(tmp_path / "p.emg.wav", noise(4000, 6), 4000, subtype="PCM_16")
     np.savez(tmp_path / "p.controls.npz", pitch=np.full(100, 60.0), loudness_db=np.zeros(100))
-    (ref,) = find_recordings(tmp_path)
+    (ref,) = scan(tmp_path)[0]  # whole files (find_recordings splits one recording by time)
     rec = load_recording(ref)
     assert ref.format == "pair" and rec.name == "p"
     assert rec.audio.shape == (8000,) and rec.emg.shape == (6, 4000) and rec.emg_sr == 4000.0
@@ -138,7 +138,7 @@ def test_bela_folder_recording(tmp_path):
     for i, ch in enumerate(channels):
         (folder / f"emg{[1, 2, 3, 4, 5, 10][i]}.bin").write_bytes(bela_log(ch, var=f"c{i}"))
     (folder / "bela.json").write_text(json.dumps({"emg_sr": 2000}))
-    (ref,) = find_recordings(tmp_path)
+    (ref,) = scan(tmp_path)[0]  # whole files (find_recordings splits one recording by time)
     assert (ref.name, ref.format) == ("session1", "bela")
     assert [p.name for p in ref.bin_paths][-2:] == ["emg5.bin", "emg10.bin"]  # natural order
     rec = load_recording(ref)
@@ -146,13 +146,19 @@ def test_bela_folder_recording(tmp_path):
     np.testing.assert_array_equal(rec.emg[5], channels[5][:4000])
     order = ["emg10", "emg1", "emg2", "emg3", "emg4", "emg5"]
     (folder / "bela.json").write_text(json.dumps({"emg_sr": 2000, "channels": order}))
-    rec = load_recording(find_recordings(tmp_path)[0])
+    rec = load_recording(scan(tmp_path)[0][0])
     np.testing.assert_array_equal(rec.emg[0], channels[5][:4000])
+    # used for training, the one recording is split by time: 80 / 10 / 10 %
+    parts = {r.split: load_recording(r) for r in find_recordings(tmp_path)}
+    assert {k: p.emg.shape[1] for k, p in parts.items()} == {"train": 3200, "val": 400,
+                                                             "test": 400}
+    np.testing.assert_array_equal(parts["test"].emg[0], channels[5][3600:4000])
+    assert len(parts["val"].audio) == 1600 and parts["val"].name == "session1#val"
 
 
 def test_load_errors_are_one_line(tmp_path):
     sf.write(tmp_path / "w.wav", noise(100, 3), 8000)
-    (ref,) = find_recordings(tmp_path)
+    (ref,) = scan(tmp_path)[0]  # whole files (find_recordings splits one recording by time)
     with pytest.raises(DataError) as err:
         load_recording(ref)
     assert str(err.value) == f"{tmp_path / 'w.wav'}: found 3 channels, expected 7"

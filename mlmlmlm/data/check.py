@@ -20,9 +20,7 @@ silently. The messages (``{...}`` are filled in):
 * ``channel {i} ({name}) is clipped: {p} % of samples at full scale`` (more than 0.1 % at
   ``|x| >= 32767/32768``; a Bela log, whose full scale is unknown, counts samples equal to the
   channel's own minimum or maximum and says ``at its extreme value``)
-* ``lasts {d} s, shorter than one {w}-s window``; for a folder of fewer than three recordings
-  (split by time): ``its {split} part (...) lasts {d} s, shorter than one {w}-s window; record
-  at least {n} s, or bring three or more recordings``
+* ``lasts {d} s, shorter than one {w}-s window``
 * ``controls last {c} s but audio lasts {a} s``
 * ``cannot be read as audio: {reason}``; ``not a Bela logger file: {reason}``;
   ``logger buffers are not contiguous (a buffer was dropped?)``;
@@ -106,14 +104,7 @@ def check_recording(rec: Recording, ref: RecordingRef, *, window_s: float = 6.0)
         out = _channel_problems(audio_path(ref), rec.audio[None], names[:1])
         for p, ch in zip(ref.bin_paths, rec.emg):
             out += _channel_problems(p, ch[None], [p.stem], bela=True)
-    if rec.duration_s < window_s and ref.span != (0.0, 1.0):
-        part = 100 * (ref.span[1] - ref.span[0])
-        need = window_s / (ref.span[1] - ref.span[0])
-        out.append(Problem(ref.path, (
-            f"its {ref.split} part (the {part:.0f} % held out by time: fewer than three "
-            f"recordings) lasts {rec.duration_s:.2f} s, shorter than one {window_s:g}-s window; "
-            f"record at least {need:.0f} s, or bring three or more recordings")))
-    elif rec.duration_s < window_s:
+    if rec.duration_s < window_s:
         out.append(
             Problem(
                 ref.path, f"lasts {rec.duration_s:.2f} s, shorter than one {window_s:g}-s window"
@@ -178,8 +169,7 @@ def check_path(path, *, window_s: float = 6.0, expected_emg_channels: int = 6) -
             continue
         problems += check_recording(rec, ref, window_s=window_s)
         del rec  # one recording in memory at a time
-    # a recording split by time is read once per part: report each problem once
-    return sorted(set(problems), key=lambda p: (str(p.path), p.message))
+    return sorted(problems, key=lambda p: (str(p.path), p.message))
 
 
 def summary(path) -> tuple[int, float]:
@@ -188,15 +178,17 @@ def summary(path) -> tuple[int, float]:
     seconds = 0.0
     for r in refs:
         info = sound_info(audio_path(r))
-        seconds += info.frames / info.samplerate * (r.span[1] - r.span[0])
-    return len({r.name.split("#")[0] for r in refs}), seconds / 60
+        seconds += info.frames / info.samplerate
+    return len(refs), seconds / 60
 
 
 def split_durations(path, split: str) -> list[float]:
     """Seconds of audio of every recording in ``split`` under ``path`` (from file headers;
     parts of recordings split by time count their part)."""
+    from mlmlmlm.data.io import find_recordings
+
     out = []
-    for r in scan(path)[0]:
+    for r in find_recordings(path):
         if r.split == split:
             info = sound_info(audio_path(r))
             out.append(info.frames / info.samplerate * (r.span[1] - r.span[0]))
@@ -210,13 +202,17 @@ def split_seconds(path, split: str) -> float:
 def require_eval_windows(path, split: str, window_s: float, hop_s: float, need: int = 2) -> int:
     """Number of ``window_s`` held-out windows in ``split``; a ``DataError`` before any training
     when there are fewer than ``need`` (identifiability compares each window with the others)."""
+    from mlmlmlm.data.io import find_recordings
+
     n = 0
     for d in split_durations(path, split):
         n += 0 if d < window_s else int((d - window_s) // hop_s + 1e-9) + 1
     if n < need:
-        raise DataError(path, f"the held-out split {split!r} has {n} window(s) of {window_s:g} s; "
-                              f"the evaluation needs at least {need}: bring more recordings, or "
-                              "a corpus.json that puts more of them in that split")
+        few = " (a folder of fewer than three recordings holds out the last 10 % of each by " \
+            "time)" if any("#" in r.name for r in find_recordings(path)) else ""
+        raise DataError(path, f"the held-out split {split!r} has {n} window(s) of {window_s:g} s"
+                              f"{few}; the evaluation needs at least {need}: bring more or longer "
+                              "recordings, or a corpus.json that puts more of them in that split")
     return n
 
 

@@ -221,10 +221,13 @@ def _replace(ref: RecordingRef, **changes) -> RecordingRef:
 TIME_SPLITS = (("train", 0.0, 0.8), ("val", 0.8, 0.9), ("test", 0.9, 1.0))
 
 
+def time_split(refs: list[RecordingRef]) -> list[RecordingRef]:
+    """Each recording as three parts, ``<name>#train`` / ``#val`` / ``#test`` (:data:`TIME_SPLITS`)."""
+    return [_replace(r, name=f"{r.name}#{split}", split=split, span=(a, b))
+            for r in refs for split, a, b in TIME_SPLITS]
+
+
 def _assign_splits(refs, manifest, manifest_path, problems) -> list[RecordingRef]:
-    if manifest is None and 0 < len(refs) < 3:
-        return [_replace(r, name=f"{r.name}#{split}", split=split, span=(a, b))
-                for r in refs for split, a, b in TIME_SPLITS]
     if manifest is None:
         splits = split_names([r.name for r in refs])
         return [_replace(r, split=splits[r.name]) for r in refs]
@@ -264,6 +267,8 @@ def find_recordings(root) -> list[RecordingRef]:
     """Recordings under ``root`` (a folder or one file), sorted by name; nothing is loaded.
 
     Files that cannot be used are not returned; :func:`mlmlmlm.data.check.check_path` lists them.
+    A folder of one or two recordings without ``corpus.json`` is split by time
+    (:func:`time_split`); the data check itself looks at whole files.
 
     Raises
     ------
@@ -272,6 +277,10 @@ def find_recordings(root) -> list[RecordingRef]:
     refs, problems = scan(root)
     if problems and problems[0].message == "path does not exist":
         raise DataError(problems[0].path, problems[0].message)
+    root = Path(root)
+    manifest = (root if root.is_dir() else root.parent) / "corpus.json"
+    if not manifest.is_file() and 0 < len(refs) < 3:  # too few to split by recording
+        refs = sorted(time_split(refs), key=lambda r: r.name)
     return refs
 
 

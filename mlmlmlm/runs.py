@@ -1,0 +1,77 @@
+"""Run records as the book quotes them: every run card of a book root, formatted for people,
+as MyST substitutions (``{{ r.a_rvq_vae_3.identifiability_audio }}``) so that the chapters'
+sentences are rebuilt with their tables and never contradict them.
+
+Introduced in notebook 01_dataset (the runbook builds every chapter with these substitutions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mlmlmlm.config import list_runs
+
+NOT_RUN = "(not run yet)"
+NOT_COMPUTED = "n/a"
+
+
+def fmt(value: Any) -> str:
+    """A value as the prose shows it: integers with thousands separators, other numbers to three
+    significant figures (``0.766``, ``1.47``, ``2,190``), lists as ranges, ``None`` as n/a."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return NOT_COMPUTED
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == int(value) and abs(value) >= 100:
+            return f"{int(value):,}"
+        digits = max(0, 2 - math.floor(math.log10(abs(value)))) if value else 0
+        return f"{value:,.{digits}f}"
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+        return f"{fmt(min(value))}–{fmt(max(value))}"
+    return str(value)
+
+
+def load_cards(root: Path) -> dict[str, dict]:
+    """``{"<phase>/<run>": card}`` for every run card under ``<root>/book``."""
+    out = {}
+    for run in list_runs():
+        phase, name = run.split("/")
+        path = Path(root) / "book" / phase / "runs" / f"{name}.json"
+        if path.exists():
+            out[run] = json.loads(path.read_text())
+    return out
+
+
+def substitutions(root: Path) -> dict[str, Any]:
+    """``{"r": {run name: {metric: text}}}`` for every experiment: a card's metrics formatted
+    by :func:`fmt`, plus ``scale``, ``date``, ``wall_s`` and ``status``; ``1/N`` as ``chance``.
+    A run without a card gets every key its phase's cards have, as "(not run yet)", so a book
+    built with ``--only`` still builds."""
+    cards = load_cards(root)
+    keys: dict[str, set[str]] = {}
+    for run, card in cards.items():
+        keys.setdefault(run.split("/")[0], set()).update(card.get("metrics", {}))
+    r: dict[str, dict[str, str]] = {}
+    for run in list_runs():
+        phase, name = run.split("/")
+        card = cards.get(run)
+        if card is None:
+            base = {"scale", "date", "wall_s", "status", "chance"} | keys.get(phase, set())
+            r[name] = {k: NOT_RUN for k in base}
+            continue
+        m = card.get("metrics", {})
+        row = {k: fmt(v) for k, v in m.items() if k != "not_computed"}
+        for k, why in (m.get("not_computed") or {}).items():
+            row[k] = f"{NOT_COMPUTED} ({why})"
+        n = m.get("n_eval_windows")
+        row |= {"scale": card.get("scale", ""), "date": str(card.get("finished_at", ""))[:10],
+                "wall_s": fmt(card.get("wall_s")), "status": card.get("status", ""),
+                "chance": fmt(1 / n) if n else NOT_COMPUTED}
+        r[name] = row
+    return {"r": r}

@@ -53,11 +53,15 @@ def _models(run: str, scale: str):
 
 
 def bench_codec_run(run: str, scale: str, batch: int | None = None, seconds: float | None = None,
-                    reps: int = 3) -> dict:
+                    reps: int = 3, timer: Callable[[Callable[[], None], int], float] | None = None
+                    ) -> dict:
     """Training samples/s (generator step, no discriminator), encode and decode real-time factor.
 
     ``seconds`` of signal per item (default: the config's training segment), ``batch`` items.
+    ``timer(fn, reps)`` returns the seconds one call of ``fn`` takes (default: the median of
+    ``reps`` timed calls); the real-time factor is that time over the seconds of signal.
     """
+    timer = timer or _median_time
     cfg, model, loss = _models(run, scale)
     sr = cfg.model.sample_rate
     seg = int(seconds * sr) if seconds else cfg.data.segment
@@ -74,12 +78,12 @@ def bench_codec_run(run: str, scale: str, batch: int | None = None, seconds: flo
         terms["train"].backward()
         opt.step()
 
-    t_train = _median_time(step, reps)
+    t_train = timer(step, reps)
     model.eval()
     with torch.inference_mode():
-        t_enc = _median_time(lambda: model.encode(x), reps)
+        t_enc = timer(lambda: model.encode(x), reps)
         z = model.encode(x).z
-        t_dec = _median_time(lambda: model.decode(z), reps)
+        t_dec = timer(lambda: model.decode(z), reps)
     dur = b * seg / sr
     return {"run": run, "scale": scale, "params": model.num_params(), "hop": cfg.model.hop,
             "sample_rate": sr, "batch": b, "segment": seg,

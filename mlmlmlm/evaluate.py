@@ -216,7 +216,18 @@ def median_frequency(x, sr: float, band: tuple[float, float] = (10.0, 500.0)) ->
     freqs, psd = freqs[keep], psd[..., keep]
     cum = np.cumsum(psd, axis=-1)
     idx = (cum >= 0.5 * cum[..., -1:]).argmax(-1)
-    return torch.as_tensor(freqs[idx], dtype=torch.float32)
+    # a signal with no power in the band has no median frequency (NaN, not the band's edge)
+    mf = np.where(cum[..., -1] > 0, freqs[idx], np.nan)
+    return torch.as_tensor(mf, dtype=torch.float32)
+
+
+def silent_fraction(recon, orig, floor_db: float = -40.0) -> Tensor:
+    """1 where a reconstruction's RMS is more than ``-floor_db`` dB below its original's (a
+    silent output, whatever its other metrics say), else 0. Returns Tensor[N x C]."""
+    recon, orig = _pair(recon, orig)
+    rms_r = recon.double().pow(2).mean(-1).sqrt()
+    rms_o = orig.double().pow(2).mean(-1).sqrt()
+    return (rms_r < rms_o * 10 ** (floor_db / 20)).float()
 
 
 def median_frequency_error(recon, orig, sr: float, band=(10.0, 500.0)) -> Tensor:
@@ -393,6 +404,7 @@ def evaluate_codec(
         else:
             result["envelope_correlation"] = _summary(envelope_correlation(r, o, rate), e)
             result["median_frequency_error"] = _summary(median_frequency_error(r, o, rate), e)
+            result["silent_fraction"] = _summary(silent_fraction(r, o), e)
     for key, values in per.items():
         ordered = {c: float(values[c]) for c in sorted(values)}
         result[key] = {"per_channel": ordered, "mean": float(np.nanmean(list(ordered.values())))}

@@ -210,6 +210,14 @@ def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root
     for key, value in ev.items():
         if isinstance(value, dict) and "mean" in value and key != "identifiability":
             out[f"eval_{key}"] = value["mean"]
+    why = {}
+    for key, value in out.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            silent = out.get("eval_silent_fraction")
+            why[key] = ("the reconstructions are silent (below -40 dB of their originals)"
+                        if silent is not None and silent > 0.5 else "not a finite number")
+    if why:
+        out["not_computed"] = why
     if "codebook" in ev:
         out["codebook_usage"] = ev["codebook"]["usage"]
         out["codebook_perplexity"] = ev["codebook"]["perplexity"]

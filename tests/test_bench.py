@@ -3,6 +3,8 @@
 
 import json
 
+import pytest
+
 from mlmlmlm.bench import bench_codec_run, bench_snake, bench_speedups, bench_step_speedup
 
 
@@ -26,8 +28,49 @@ def test_bench_speedups_fields():
     out = bench_speedups(channels=4, length=4096, batch=1, reps=1)
     for name in ("pointwise_conv", "a_weighted_mrstft"):
         assert out[name]["before_s"] > 0 and out[name]["after_s"] > 0
-        assert out[name]["speedup"] == out[name]["before_s"] / out[name]["after_s"]
     json.dumps(out)
+
+
+def test_real_time_factor_arithmetic_on_a_known_case():
+    # a timer that says every call takes 0.25 s: the factors follow from the signal length only
+    out = bench_codec_run("04_emg_codec/emg_rvq_vae_native", "smoke", batch=2, seconds=1.0,
+                          timer=lambda fn, reps: (fn(), 0.25)[1])
+    seconds_of_signal = 2 * out["segment"] / out["sample_rate"]
+    assert out["segment"] == 2688  # 1 s at 2756.25 Hz, rounded down to whole hops of 128
+    assert out["encode_rtf"] == pytest.approx(0.25 / seconds_of_signal)
+    assert out["decode_rtf"] == pytest.approx(0.25 / seconds_of_signal)
+    assert out["train_samples_per_s"] == pytest.approx(2 * 2688 / 0.25)
+
+
+def test_encoder_flops_of_a_known_convolution():
+    from torch import nn
+
+    from mlmlmlm.bench import _flops_per_second
+
+    class Cfg:  # the fields _flops_per_second reads
+        class model:
+            in_channels, hop, sample_rate = 2, 4, 100.0
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Conv1d(2, 3, 5, padding=2),
+                                         nn.Conv1d(3, 6, 4, stride=2, padding=1, groups=3))
+
+    # 16 input samples (4 hops) = 0.16 s. Conv 1: 16 outputs x 3 channels x 2 inputs x 5 taps
+    # x 2 FLOP = 960. Conv 2: 8 outputs x 6 x (3 / 3 groups) x 4 taps x 2 = 384.
+    assert _flops_per_second(Model(), Cfg) == pytest.approx((960 + 384) / 0.16)
+
+
+def test_side_by_side_alternates_and_takes_medians(monkeypatch):
+    from mlmlmlm import bench
+
+    ticks, calls = iter([0, 1, 1, 3, 3, 4, 4, 10, 10, 11, 11, 14]), []
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    out = bench._side_by_side(lambda: calls.append("b"), lambda: calls.append("a"), reps=3)
+    assert calls == ["b", "a", "b", "a", "b", "a"]  # interleaved, so noise hits both alike
+    # before took 1, 1, 1 s; after 2, 6, 3 s: medians 1 and 3
+    assert out == {"before_s": 1, "after_s": 3, "speedup": 1 / 3}
 
 
 def test_bench_step_speedup_restores_the_fast_paths():

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -157,3 +158,44 @@ def test_evaluate_codec_measures_emg_at_its_analysis_rate():
     # the audio channel is untouched and measured at the audio rate in both cases
     assert at_emg["mrstft"]["per_channel"][0] == at_sr["mrstft"]["per_channel"][0] == 0
     assert at_emg["identifiability"]["per_channel"] == {0: 1.0, 1: 1.0, 2: 1.0}
+
+
+class _Silent(torch.nn.Module):
+    """A 'codec' whose every reconstruction is silence (what a dead decoder produces)."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return type("Out", (), {"recon": torch.zeros_like(x), "codes": None})()
+
+
+def test_a_silent_reconstruction_is_flagged_by_the_emg_metrics():
+    x = windows(n=6, c=3, t=2048)
+    silent = E.evaluate_codec(_Silent(), x, SR, audio_channels=[0], emg_channels=[1, 2])
+    assert silent["silent_fraction"]["mean"] == 1.0
+    assert silent["envelope_correlation"]["mean"] == 0.0
+    assert np.isnan(silent["median_frequency_error"]["mean"])  # not the band edge's 10 Hz
+    assert silent["identifiability"]["mean"] == pytest.approx(1 / 6)  # all alike: chance
+    assert silent["inspection"] == "unsuccessful"
+    same = E.evaluate_codec(_AddsOutOfBand(), x, SR, audio_channels=[0], emg_channels=[1, 2])
+    assert same["silent_fraction"]["mean"] == 0.0
+
+
+def test_card_says_why_a_metric_of_a_silent_codec_is_missing(tmp_path, smoke_corpus):
+    from mlmlmlm.atomic import write_json_atomic
+    from mlmlmlm.config import load_run_config
+    from mlmlmlm.experiment import codec_metrics
+
+    cfg = load_run_config("04_emg_codec/emg_rvq_vae_native", "smoke")
+    ev = E.evaluate_codec(_Silent(), windows(n=4, c=6, t=2048), SR, [], list(range(6)))
+    log = [{"step": 5, "mrstft": 1.0, "quantizer": 0.1, "train": 1.1, "wall_s": 2.0}]
+    m = codec_metrics(cfg, log, ev, smoke_corpus, 2.0)
+    assert m["eval_silent_fraction"] == 1.0
+    assert m["not_computed"] == {"eval_median_frequency_error": (
+        "the reconstructions are silent (below -40 dB of their originals)")}
+    write_json_atomic(tmp_path / "m.json", m)  # strict JSON: null, and the reason beside it
+    back = json.loads((tmp_path / "m.json").read_text())
+    assert back["eval_median_frequency_error"] is None
+    assert back["not_computed"]["eval_median_frequency_error"].startswith("the reconstructions")

@@ -86,8 +86,8 @@ def data(root) -> Crops:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(lr=1e-3, batch_size=4, max_steps=10, log_every=2, ckpt_every=100, device="cpu",
-                schedule="onecycle", warmup_steps=2, seed=3)
+    base = {"lr": 1e-3, "batch_size": 4, "max_steps": 10, "log_every": 2, "ckpt_every": 100,
+            "device": "cpu", "schedule": "onecycle", "warmup_steps": 2, "seed": 3}
     return TrainConfig(**(base | kw))
 
 

@@ -55,12 +55,70 @@ def test_smoke_book_has_every_run(smoke_book):
     assert (smoke_book / "_build/html/index.html").exists()
 
 
+def test_chapter_prose_quotes_this_builds_cards(smoke_book):
+    import html as H
+    import re
+
+    from mlmlmlm.runs import fmt
+
+    def text(chapter):
+        page = (smoke_book / "_build/html/book" / chapter / "index.html").read_text()
+        return re.sub(r"\s+", " ", H.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+    def card(phase, name):
+        return json.loads((smoke_book / "book" / phase / "runs" / f"{name}.json").read_text())
+
+    for chapter in ("01_dataset", "02_audio_codec", "03_emg_audio_codec", "04_emg_codec"):
+        assert "{{" not in text(chapter), chapter  # every substitution was filled in
+    m = card("02_audio_codec", "a_rvq_vae_3")["metrics"]
+    row = f"A RVQ-VAE 3 {fmt(m['steps'])} {fmt(m['identifiability_audio'])} {m['inspection']}"
+    assert row in text("02_audio_codec")
+    m = card("04_emg_codec", "emg_rvq_vae_native_bands")["metrics"]
+    assert (f"This build’s run of emg_rvq_vae_native_bands ({fmt(m['steps'])} steps) scores "
+            f"{fmt(m['identifiability_emg'])}") in text("04_emg_codec")
+    m = card("01_dataset", "default")["metrics"]
+    assert f"{m['recordings']} recordings, {fmt(m['minutes_paired'])} paired minutes" in \
+        text("01_dataset")
+
+
+def test_substitutions_fill_runs_without_a_card(tmp_path):
+    from mlmlmlm.runs import NOT_RUN, substitutions
+
+    runs = tmp_path / "book/02_audio_codec/runs"
+    runs.mkdir(parents=True)
+    (runs / "a_vae.json").write_text(json.dumps({
+        "scale": "cpu", "status": "ok", "finished_at": "2026-12-01T10:00:00Z", "wall_s": 12.5,
+        "metrics": {"steps": 2190, "identifiability_audio": 0.765625, "eval_f0_error_cents": None,
+                    "n_eval_windows": 64,
+                    "not_computed": {"eval_f0_error_cents": "no voiced frames"}}}))
+    r = substitutions(tmp_path)["r"]
+    assert r["a_vae"] | {} == {"steps": "2,190", "identifiability_audio": "0.766",
+                               "eval_f0_error_cents": "n/a (no voiced frames)", "scale": "cpu",
+                               "date": "2026-12-01", "wall_s": "12.5", "status": "ok",
+                               "n_eval_windows": "64", "chance": "0.0156"}
+    # a run of the same chapter without a card: every key the chapter quotes, marked
+    assert r["a_rvq_vae_1"]["identifiability_audio"] == NOT_RUN
+    assert r["a_rvq_vae_1"]["steps"] == NOT_RUN
+
+
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
     pytest.fail("Chromium is not installed (make install adds Debian's chromium and "
                 "chromium-driver)")
+
+
+LOAD_AUDIO = """
+    const done = arguments[arguments.length - 1];
+    const els = Array.from(document.querySelectorAll('audio'));
+    Promise.all(els.map(a => new Promise(res => {
+        if (a.readyState >= 1) return res({ok: true, d: a.duration});
+        a.addEventListener('loadedmetadata', () => res({ok: true, d: a.duration}));
+        a.addEventListener('error', () => res({ok: false, e: String(a.error && a.error.code)}));
+        a.preload = 'metadata'; a.load();
+    }))).then(done);
+"""
 
 
 def test_built_pages_open_in_headless_chromium_and_audio_loads(smoke_book):
@@ -80,25 +138,19 @@ def test_built_pages_open_in_headless_chromium_and_audio_loads(smoke_book):
         driver.get((html / "index.html").as_uri())
         assert "mlmlmlm" in driver.title
         assert "listening to muscles" in driver.page_source
-        driver.get((html / "book/01_dataset/runs/default.html").as_uri())
-        n = driver.execute_script("return document.querySelectorAll('audio').length")
-        assert n >= 2, "the dataset page has no audio players"
         driver.set_script_timeout(60)
-        states = driver.execute_async_script("""
-            const done = arguments[arguments.length - 1];
-            const els = Array.from(document.querySelectorAll('audio'));
-            Promise.all(els.map(a => new Promise(res => {
-                if (a.readyState >= 1) return res({ok: true, d: a.duration});
-                a.addEventListener('loadedmetadata', () => res({ok: true, d: a.duration}));
-                a.addEventListener('error', () => res({ok: false, e: String(a.error && a.error.code)}));
-                a.preload = 'metadata'; a.load();
-            }))).then(done);
-        """)
-        assert all(s["ok"] for s in states), states
-        assert all(s["d"] > 1.0 for s in states), states  # real seconds of sound, not empty
-        imgs = driver.execute_script(
-            "return Array.from(document.images).filter(i => i.naturalWidth > 0).length")
-        assert imgs >= 3, "figures did not render"
+        for page, least in (("book/01_dataset/runs/default.html", 2),
+                            ("book/02_audio_codec/runs/a_rvq_vae_3.html", 2),
+                            ("book/03_emg_audio_codec/runs/ea_vae_3.html", 2)):
+            driver.get((html / page).as_uri())
+            n = driver.execute_script("return document.querySelectorAll('audio').length")
+            assert n >= least, f"{page} has {n} audio players"
+            states = driver.execute_async_script(LOAD_AUDIO)
+            assert all(s["ok"] for s in states), (page, states)
+            assert all(s["d"] > 0.5 for s in states), (page, states)  # real sound, not empty
+            imgs = driver.execute_script(
+                "return Array.from(document.images).filter(i => i.naturalWidth > 0).length")
+            assert imgs >= 3, f"{page}: figures did not render"
     finally:
         driver.quit()
 
@@ -146,3 +198,40 @@ def test_runbook_moves_a_checkpoint_of_another_config_aside(tmp_path):
     assert not run_dir.exists()
     assert (tmp_path / "a_rvq_vae_3.superseded" / "checkpoint.pt").exists()
     assert "configuration changed since its checkpoint (model.latent_dim)" in logs[0]
+
+
+def test_runbook_run_killed_mid_training_resumes_to_the_same_card(tmp_path):
+    """`mlmlmlm run` killed (SIGKILL to papermill and its kernel) after the first checkpoint;
+    the same command again resumes it, and the card's metrics equal an uninterrupted run's."""
+    import os
+    import signal
+    import time
+
+    from mlmlmlm import checkpoint as C
+
+    run = "02_audio_codec/a_rvq_vae_1"  # smoke: 2 steps, a checkpoint after each
+    cmd = [sys.executable, "-m", "mlmlmlm.cli", "run", run, "--smoke", "--out"]
+    whole = subprocess.run(cmd + [str(tmp_path / "a")], capture_output=True, text=True,
+                           cwd=REPO_ROOT, check=False)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    ckpt = tmp_path / "b/runs/smoke/02_audio_codec/a_rvq_vae_1/checkpoint.pt"
+    proc = subprocess.Popen(cmd + [str(tmp_path / "b")], cwd=REPO_ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = C.load_checkpoint(ckpt)["step"]
+    assert killed_at == 1, "the kill came too late to test a resume"
+    assert not (tmp_path / "b/book/02_audio_codec/runs/a_rvq_vae_1.json").exists()
+    again = subprocess.run(cmd + [str(tmp_path / "b")], capture_output=True, text=True,
+                           cwd=REPO_ROOT, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    cards = [json.loads((tmp_path / r / "book/02_audio_codec/runs/a_rvq_vae_1.json").read_text())
+             for r in ("a", "b")]
+    timing = {"train_wall_s"}
+    a, b = ({k: v for k, v in c["metrics"].items() if k not in timing} for c in cards)
+    assert a == b and a["steps"] == 2
+    log = (ckpt.parent / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2]

@@ -32,9 +32,12 @@ def test_cli_run_smoke_writes_page_card_and_results(tmp_path):
     for key in ("params", "differs_from_base", "metrics", "git_sha", "device", "wall_s",
                 "versions"):
         assert key in card, key
-    assert card["params"]["corpus"]["minutes"] == 1.0
-    assert card["metrics"]["recordings"] > 0
-    assert card["metrics"]["windows_test"] > 0
+    # the page measured the corpus it was given: the smoke corpus's own manifest
+    man = json.loads((out / "data/smoke/corpus.json").read_text())
+    assert card["metrics"]["recordings"] == len(man["recordings"])
+    paired = sum(r["duration_s"] for r in man["recordings"] if r["split"] != "test_real") / 60
+    assert card["metrics"]["minutes_paired"] == pytest.approx(paired, rel=1e-3)
+    assert card["metrics"]["windows_test"] > 0 and card["run_dir"].startswith("runs/smoke/")
     assert "[Default corpus](runs/default.ipynb)" in results
     # nothing went to the repository's book/
     assert not (REPO_ROOT / "book/01_dataset/runs/default.json").exists() or \

@@ -299,7 +299,16 @@ TRAINING_SECTIONS = (*WEIGHT_SECTIONS, "train")
 
 
 def section_changes(saved: Any, now: Any, sections: tuple[str, ...]) -> list[str]:
-    """:func:`config_changes` restricted to keys under ``sections``."""
+    """:func:`config_changes` restricted to keys under ``sections``. The saved config is first
+    re-resolved through the current dataclasses, so a key added since it was written (at its
+    default, e.g. ``model.causal``) is not a change."""
+    if isinstance(saved, dict):
+        from mlmlmlm.config import ConfigError, config_from_dict
+
+        try:
+            saved = config_from_dict(saved, source="checkpoint").to_dict()
+        except (ConfigError, TypeError, ValueError):
+            pass  # a key that no longer exists: compare as written (it shows as a change)
     return [k for k in config_changes(saved, now) if k.split(".")[0] in sections]
 
 

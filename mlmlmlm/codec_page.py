@@ -71,7 +71,9 @@ def metrics_section(s: Setup, trained: Trained) -> Evaluated:
     ev = experiment.evaluate_codec(s.cfg, model, s.data_root)
     metrics = experiment.codec_metrics(s.cfg, trained.log, ev, s.data_root,
                                        trained.result.wall_s)
-    rows = [{"metric": k, "value": v} for k, v in metrics.items() if not isinstance(v, list)]
+    why = metrics.get("not_computed", {})
+    rows = [{"metric": k, "value": f"not available: {why[k]}" if k in why else v}
+            for k, v in metrics.items() if not isinstance(v, (list, dict))]
     _md(report.markdown_table(rows))
     return Evaluated(model, ev, metrics)
 

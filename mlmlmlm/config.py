@@ -7,10 +7,12 @@ A run is addressed as ``<phase>/<run>``: ``experiments/<phase>/base.yaml`` holds
 defaults (the paper's values), ``experiments/<phase>/<run>.yaml`` the few keys that change.
 Each file may carry a ``scales:`` block (``cpu``, ``smoke``, ``paper``) merged on top of it:
 
-    base  ->  base.scales[cpu]  ->  base.scales[smoke]  ->  run  ->  run.scales[cpu]  -> ...
+    base  ->  base.scales[cpu]  ->  run  ->  run.scales[cpu]   (cpu; paper likewise)
+    ... then base.scales[smoke]  ->  run.scales[smoke]        (smoke)
 
-``smoke`` is layered on ``cpu`` (it is the cpu architecture at toy sizes, for tests). Unknown
-keys and wrong types are errors that name the file and the dotted key.
+``smoke`` is layered on ``cpu`` (it is the cpu architecture at toy sizes, for tests), last, so
+a run's cpu block never outlives the smoke sizes. Unknown keys and wrong types are errors that
+name the file and the dotted key.
 """
 
 from __future__ import annotations
@@ -171,7 +173,9 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _layers(doc: dict[str, Any], scale: str, path: Path) -> list[dict[str, Any]]:
+def _layers(doc: dict[str, Any], scale: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``[(scale or "", layer)]``: the file's own keys, then its ``scales:`` blocks for
+    ``scale`` (``smoke`` = the ``cpu`` block, then the ``smoke`` block)."""
     doc = dict(doc)
     scales = doc.pop("scales", {}) or {}
     if not isinstance(scales, dict):
@@ -180,7 +184,7 @@ def _layers(doc: dict[str, Any], scale: str, path: Path) -> list[dict[str, Any]]
         if key not in SCALES:
             raise ConfigError(f"{path}: unknown scale 'scales.{key}' (expected one of {SCALES})")
     wanted = {"cpu": ["cpu"], "smoke": ["cpu", "smoke"], "paper": ["paper"]}[scale]
-    return [doc] + [scales[s] or {} for s in wanted if s in scales]
+    return [("", doc)] + [(s, scales[s] or {}) for s in wanted if s in scales]
 
 
 def experiments_dir(root: Path | None = None) -> Path:
@@ -213,14 +217,17 @@ def merged_dict(run: str, scale: str = "cpu", root: Path | None = None,
     phase, name = run.split("/")
     exp = experiments_dir(root)
     paths = [exp / phase / "base.yaml"] + ([exp / phase / f"{name}.yaml"] if name != "base" else [])
-    merged: dict[str, Any] = {}
+    # smoke is the cpu architecture at toy sizes: its blocks go last, so that a run's cpu block
+    # (e.g. a longer schedule) never outlives the base's smoke sizes
+    ordered = []
     for path in paths:
-        layers = _layers(read_yaml(path), scale, path)
-        for i, layer in enumerate(layers):
-            merged = deep_merge(merged, layer)
-            if origins is not None:
-                label = _display(path) + ("" if i == 0 else f" (scales.{scale})")
-                origins.append((label, layer))
+        ordered += [(path, s, layer) for s, layer in _layers(read_yaml(path), scale, path)]
+    ordered = [o for o in ordered if o[1] != "smoke"] + [o for o in ordered if o[1] == "smoke"]
+    merged: dict[str, Any] = {}
+    for path, block, layer in ordered:
+        merged = deep_merge(merged, layer)
+        if origins is not None:
+            origins.append((_display(path) + (f" (scales.{block})" if block else ""), layer))
     for key in BOOK_KEYS:  # phase-level keys the runbook reads; not part of a run's config
         merged.pop(key, None)
     merged["run"], merged["scale"] = run, scale

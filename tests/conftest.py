@@ -33,3 +33,15 @@ def smoke_corpus(tmp_path_factory) -> Path:
 
     return ensure_default_corpus(tmp_path_factory.mktemp("corpus") / "smoke",
                                  *default_settings(smoke=True), progress=False, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from a second torch thread, and on a busy 2-core machine two
+    threads spin against each other (1-frame streaming took 330 ms a chunk instead of 7)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

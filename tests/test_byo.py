@@ -187,3 +187,38 @@ def test_too_few_held_out_windows_is_one_line_before_training(user_folders, tmp_
         "needs at least 2: bring more or longer recordings, or a corpus.json that puts more of "
         "them in that split")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_run_dirs_are_keyed_by_scale_data_and_overrides(tmp_path):
+    from mlmlmlm import paths
+
+    run = "02_audio_codec/a_rvq_vae_3"
+    dirs = {paths.run_dir(run, s) for s in ("cpu", "paper", "smoke")}
+    assert len(dirs) == 3 and paths.run_dir(run, "paper").parts[-3:] == (
+        "paper", "02_audio_codec", "a_rvq_vae_3")
+    default = paths.default_data_root()
+    tags = {paths.set_tag({"train.lr": 1e-3}, s, d) for s in ("cpu", "paper")
+            for d in (default, tmp_path)}
+    assert len(tags) == 4 and all(t.startswith(".set-") for t in tags)
+    assert paths.set_tag({}, "cpu", default) == "" and paths.data_tag(default) == ""
+    assert paths.data_tag(tmp_path).startswith(".data-")
+
+
+def test_refused_resume_is_one_line_and_force_starts_over(smoke_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ("train", "02_audio_codec/a_rvq_vae_1", "--scale", "smoke", "--data-root",
+            str(smoke_corpus), "--run-dir", str(run_dir), "--set", "train.max_steps=1")
+    assert cli(*args, "--set", "model.latent_dim=4").returncode == 0
+    refused = cli(*args, "--set", "model.latent_dim=8")
+    assert refused.returncode == 2
+    line = refused.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, refused.stderr
+    assert line.startswith(f"mlmlmlm: {run_dir / 'checkpoint.pt'}: written with another "
+                           "configuration (model.latent_dim)")
+    assert "`mlmlmlm train ... --force` starts over" in line
+    forced = cli(*args, "--set", "model.latent_dim=8", "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (tmp_path / "run.superseded" / "checkpoint.pt").exists()  # the old run is kept
+    from mlmlmlm.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "checkpoint.pt")["config"]["model"]["latent_dim"] == 8

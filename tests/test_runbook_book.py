@@ -238,3 +238,14 @@ def test_runbook_run_killed_mid_training_resumes_to_the_same_card(tmp_path):
     assert a == b and a["steps"] == 2
     log = (ckpt.parent / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2]
+
+
+def test_a_key_added_since_a_checkpoint_at_its_default_is_not_a_change():
+    from mlmlmlm import checkpoint as C
+    from mlmlmlm.config import load_run_config
+
+    cfg = load_run_config("02_audio_codec/a_rvq_vae_3", "smoke").to_dict()
+    old = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "causal"}}
+    assert C.section_changes(old, cfg, C.WEIGHT_SECTIONS) == []
+    flipped = {**cfg, "model": {**cfg["model"], "causal": True}}
+    assert C.section_changes(flipped, cfg, C.WEIGHT_SECTIONS) == ["model.causal"]

@@ -30,14 +30,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny chunks gain nothing from a second thread, and on a busy 2-core machine two torch
-    # threads spin against each other: 1-frame streaming took 330 ms a chunk instead of 7.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def streamed(module, x, chunk):

@@ -17,13 +17,7 @@ N_Q, K, N_QE, K_E = 3, 16, 2, 8
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: two torch threads only spin against each other on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(layout="flat", lookahead=0, **kw) -> TranslationTransformer:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,7 +152,7 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
         status = "failed"
         error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}".splitlines()[0]
     wall = time.time() - t0
-    retitle(out_nb, cfg)
+    finish_page(out_nb, cfg, root)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     if status == "ok" and not metrics:
@@ -173,21 +174,63 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
     return card
 
 
-def retitle(page: Path, cfg: RunConfig) -> None:
-    """Put the run's title in the executed page's first heading, so the book's sidebar tells
-    the runs of a chapter apart (``# Audio codec run`` -> ``# A RVQ-VAE 1 — Audio codec run``)."""
+# How a run page shows its plumbing: the parameter cells go (the run card keeps the values);
+# every other cell shows its output with its code one click away (Jupyter Book's toggle).
+PLUMBING_TAGS = ("parameters", "injected-parameters")
+
+# Folders of the build machine that outputs name (a warning's file, a site-packages module).
+_PYTHON_LIB = re.compile(
+    r"(?:/[^\s\"'\\:<>]+)*/(?:site-packages|dist-packages|lib/python3\.\d+)/")
+
+
+def finish_page(page: Path, cfg: RunConfig, root: Path) -> None:
+    """The executed page as a reader meets it: the run's title in its first heading, the
+    parameter cells removed and code inputs hidden, no folder of the build machine in it."""
     import nbformat
 
     if not page.exists():
         return
     nb = nbformat.read(page, as_version=4)
+    retitle(nb, cfg)
+    hide_plumbing(nb)
+    text = scrub_paths(nbformat.writes(nb), (root, REPO_ROOT))
+    tmp = page.with_suffix(".ipynb.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, page)
+
+
+def retitle(nb, cfg: RunConfig) -> None:
+    """Put the run's title in the page's first heading, so the book's sidebar tells the runs of
+    a chapter apart (``# Audio codec run`` -> ``# A RVQ-VAE 1 — Audio codec run``)."""
     for cell in nb.cells:
         if cell.cell_type == "markdown" and cell.source.startswith("# "):
             head, _, rest = cell.source.partition("\n")
             title = head[2:].split(" — ", 1)[-1]
             cell.source = f"# {cfg.title or cfg.name} — {title}\n{rest}"
             break
-    nbformat.write(nb, page)
+
+
+def hide_plumbing(nb) -> None:
+    """Tag the cells for Jupyter Book: ``remove-cell`` on the parameters cell and papermill's
+    injected one (the paths and config they hold are on the run card), ``hide-input`` on every
+    other code cell (setup and imports first): the page opens with the run's description and
+    its figures, and a reader unfolds the code that made them."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = list(cell.metadata.get("tags", []))
+        want = "remove-cell" if any(t in tags for t in PLUMBING_TAGS) else "hide-input"
+        if want not in tags:
+            cell.metadata["tags"] = tags + [want]
+
+
+def scrub_paths(text: str, roots) -> str:
+    """``text`` with the book root's and the repository's absolute folders made relative and
+    Python's library folders (a warning's ``.../site-packages/tqdm/auto.py``) cut off."""
+    text = _PYTHON_LIB.sub("", text)
+    for r in sorted({str(Path(r).resolve()) for r in roots}, key=len, reverse=True):
+        text = re.sub(re.escape(r) + r"(?![\w.-])", ".", text.replace(r + "/", ""))
+    return text
 
 
 def write_results(phase: str, root: Path | None = None) -> Path:
@@ -230,12 +273,13 @@ def write_results(phase: str, root: Path | None = None) -> Path:
         lines += ["No runs have been executed yet: `mlmlmlm run <phase>/<run>` writes them.", ""]
     else:
         scales = sorted({c["scale"] for c in cards})
-        lines += [f"## Our runs ({', '.join(scales)} scale)", "", markdown_table(ours, labels), ""]
-        if any(any(v is not None for k, v in r.items() if k != "run") for r in paper):
+        lines += [f"## Our runs ({', '.join(scales)} scale)", "",
+                  markdown_table(ours, _filled(ours, labels)), ""]
+        if len(_filled(paper, paper_labels)) > 1:
             lines += ["## The paper's values for the same rows", "",
                       (f"As reported in {base.get('paper_table', 'the paper')} "
                        "(full scale, GPU, about 100–186 epochs)."), "",
-                      markdown_table(paper, paper_labels), ""]
+                      markdown_table(paper, _filled(paper, paper_labels)), ""]
         lines += ["## Run cards", ""]
         for card in cards:
             diff = ", ".join(f"`{k}`={v['run']!r}" for k, v in card["differs_from_base"].items()
@@ -250,6 +294,12 @@ def write_results(phase: str, root: Path | None = None) -> Path:
     tmp.write_text("\n".join(lines))
     os.replace(tmp, out)
     return out
+
+
+def _filled(rows: list[dict], labels: list[str]) -> list[str]:
+    """``labels`` without the columns no row has a value in (a chapter's runs without audio
+    have no audio identifiability): the table keeps to the width of what was measured."""
+    return [c for c in labels if c == "run" or any(r.get(c) is not None for r in rows)]
 
 
 def prepare_root(out: Path) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,12 @@ def fmt(value: Any) -> str:
         return NOT_COMPUTED
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, numbers.Integral):  # numpy's integers and floats too
+        value = int(value)
+    elif isinstance(value, numbers.Real):
+        value = float(value)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return NOT_COMPUTED
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):

@@ -31,7 +31,6 @@ data_root = ""  # your data folder (only read); empty: the default corpus, built
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from IPython.display import Markdown, display
 
 from mlmlmlm import report
@@ -64,7 +63,7 @@ display(Markdown(info.splits_note))
 # %%
 w = S.cfg.data
 splits = stats.split_table(recs, w.window_s, w.window_hop_s)
-display(Markdown(report.markdown_table(splits, floatfmt=".2f")))
+display(Markdown(report.markdown_table(splits)))
 
 # %% [markdown]
 # ## Seven channels, time-aligned
@@ -123,7 +122,7 @@ display(report.audio_table(rows, ex.audio_sr))
 
 # %%
 chans = stats.channel_table(recs, info.channels)
-display(Markdown(report.markdown_table(chans, floatfmt=".3g")))
+display(Markdown(report.markdown_table(chans)))
 
 # %% [markdown]
 # ## Synthetic EMG against real surface EMG
@@ -135,7 +134,7 @@ display(Markdown(report.markdown_table(chans, floatfmt=".3g")))
 
 # %%
 cmp = stats.compare_to_real(S.data_root, recs, info)
-display(Markdown(report.markdown_table(cmp.reset_index().to_dict("records"), floatfmt=".3g")))
+display(Markdown(report.markdown_table(cmp.reset_index().to_dict("records"))))
 
 # %%
 real_recs = plux.load_plux()
@@ -168,4 +167,5 @@ plt.show()
 # %%
 metrics = stats.dataset_metrics(recs, splits, cmp, info)
 report.save_metrics(S.run_dir, metrics)
-pd.Series(metrics)
+rows = [{"metric": k, "value": v} for k, v in metrics.items() if k != "not_computed"]
+display(Markdown(report.markdown_table(rows)))

@@ -124,7 +124,9 @@ LOAD_AUDIO = """
 """
 
 
-def test_built_pages_open_in_headless_chromium_and_audio_loads(smoke_book):
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for every page of the module's browser tests."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -132,30 +134,108 @@ def test_built_pages_open_in_headless_chromium_and_audio_loads(smoke_book):
     opts.binary_location = _chromium()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"):
+                 "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+                 "--window-size=1280,1000"):
         opts.add_argument(flag)
     driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
-        html = smoke_book / "_build/html"
-        driver.get((html / "index.html").as_uri())
-        assert "mlmlmlm" in driver.title
-        assert "listening to muscles" in driver.page_source
-        driver.set_script_timeout(60)
-        for page, least in (("book/01_dataset/runs/default.html", 2),
-                            ("book/02_audio_codec/runs/a_rvq_vae_3.html", 2),
-                            ("book/03_emg_audio_codec/runs/ea_vae_3.html", 2)):
-            driver.get((html / page).as_uri())
-            n = driver.execute_script("return document.querySelectorAll('audio').length")
-            assert n >= least, f"{page} has {n} audio players"
-            states = driver.execute_async_script(LOAD_AUDIO)
-            assert all(s["ok"] for s in states), (page, states)
-            assert all(s["d"] > 0.5 for s in states), (page, states)  # real sound, not empty
-            imgs = driver.execute_script(
-                "return Array.from(document.images).filter(i => i.naturalWidth > 0).length")
-            assert imgs >= 3, f"{page}: figures did not render"
-    finally:
-        driver.quit()
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_built_pages_open_in_headless_chromium_and_audio_loads(smoke_book, browser):
+    driver = browser
+    html = smoke_book / "_build/html"
+    driver.get((html / "index.html").as_uri())
+    assert "mlmlmlm" in driver.title
+    assert "listening to muscles" in driver.page_source
+    for page, least in (("book/01_dataset/runs/default.html", 2),
+                        ("book/02_audio_codec/runs/a_rvq_vae_3.html", 2),
+                        ("book/03_emg_audio_codec/runs/ea_vae_3.html", 2)):
+        driver.get((html / page).as_uri())
+        n = driver.execute_script("return document.querySelectorAll('audio').length")
+        assert n >= least, f"{page} has {n} audio players"
+        states = driver.execute_async_script(LOAD_AUDIO)
+        assert all(s["ok"] for s in states), (page, states)
+        assert all(s["d"] > 0.5 for s in states), (page, states)  # real sound, not empty
+        imgs = driver.execute_script(
+            "return Array.from(document.images).filter(i => i.naturalWidth > 0).length")
+        assert imgs >= 3, f"{page}: figures did not render"
+
+
+# Every image of the page loaded (lazy ones too: made eager, then awaited).
+LOAD_IMAGES = """
+    const done = arguments[arguments.length - 1];
+    Promise.all(Array.from(document.images).map(img => new Promise(res => {
+        const report = () => res({src: img.src.slice(-60), w: img.naturalWidth});
+        if (img.complete) return report();
+        img.loading = 'eager';
+        img.addEventListener('load', report);
+        img.addEventListener('error', report);
+    }))).then(done);
+"""
+
+# What a reader sees first under the page's title: the first rendered element after the h1 in
+# document order (descending into sections; anchors and empty boxes skipped). "code" when it
+# shows a cell's source or a code block (a folded hide-input toggle shows only its summary).
+FIRST_AFTER_TITLE = """
+    const h1 = document.querySelector('article h1, main h1');
+    if (!h1) return {tag: 'no h1'};
+    const shown = el => el.getClientRects().length > 0 && el.offsetHeight > 0;
+    const code = el => Array.from(el.querySelectorAll('.cell_input, pre, div.highlight'))
+        .concat(el.matches('.cell_input, pre, div.highlight') ? [el] : []).some(shown);
+    let el = h1;
+    for (;;) {
+        while (el && !el.nextElementSibling) el = el.parentElement;
+        if (!el) return {tag: 'nothing'};
+        el = el.nextElementSibling;
+        while (el.tagName === 'SECTION' && el.firstElementChild) el = el.firstElementChild;
+        if (!shown(el) || !el.textContent.trim() && !el.querySelector('img, audio')) continue;
+        return {tag: el.tagName, cls: el.className, code: code(el),
+                text: el.textContent.trim().slice(0, 80)};
+    }
+"""
+
+REPRS = ("PosixPath(", "WindowsPath(", "tensor(", "<mlmlmlm.", " object at 0x",
+         "<IPython.core.display")
+
+
+def test_every_page_reads_like_a_research_book(smoke_book, browser):
+    """A reader's pass over every built page of the book: no folder of the build machine, no
+    Python repr, every player and image loads, and the page opens with prose or a figure under
+    its title, not code. Screenshots of a run page and a results page stay in the build."""
+    import re
+
+    html = smoke_book / "_build/html"
+    pages = sorted((html / "book").rglob("*.html"))
+    assert len(pages) >= len(list_runs()) + 8, [str(p) for p in pages]
+    machine = ("/tmp/", "/root/", "/home/", str(REPO_ROOT), str(smoke_book))
+    shots = smoke_book / "_build/screenshots"
+    shots.mkdir(exist_ok=True)
+    problems = []
+    for path in pages:
+        page = str(path.relative_to(html))
+        browser.get(path.as_uri())
+        # attributes too (links, sources), but not embedded data (base64 can spell anything)
+        source = re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+", "data:",
+                        browser.execute_script("return document.documentElement.outerHTML"))
+        problems += [f"{page}: build-machine path {m!r}" for m in machine if m in source]
+        text = browser.execute_script("return document.body.textContent")
+        problems += [f"{page}: Python repr {r!r}" for r in REPRS if r in text]
+        states = browser.execute_async_script(LOAD_AUDIO)
+        problems += [f"{page}: audio {i} did not load ({s})" for i, s in enumerate(states)
+                     if not s["ok"] or not s["d"] > 0]
+        imgs = browser.execute_async_script(LOAD_IMAGES)
+        problems += [f"{page}: image {i['src']} did not load" for i in imgs if not i["w"] > 0]
+        first = browser.execute_script(FIRST_AFTER_TITLE)
+        if first.get("code") or first["tag"] not in ("P", "FIGURE", "IMG", "DIV", "UL", "OL",
+                                                     "TABLE", "BLOCKQUOTE", "DL"):
+            problems.append(f"{page}: the title is followed by {first}")
+        if page in ("book/02_audio_codec/runs/a_rvq_vae_3.html", "book/02_audio_codec/results.html"):
+            browser.save_screenshot(str(shots / (page.replace("/", "_")[:-5] + ".png")))
+    assert not problems, "\n".join(problems)
+    assert len(list(shots.glob("*.png"))) == 2
 
 
 def test_results_table_keeps_our_columns_out_of_the_papers_rows(tmp_path):
@@ -173,12 +253,64 @@ def test_results_table_keeps_our_columns_out_of_the_papers_rows(tmp_path):
     text = write_results("04_emg_codec", tmp_path).read_text()
     ours, papers = text.split("## The paper's values")
     header = next(line for line in ours.splitlines() if line.startswith("| run"))
-    assert "steps" in header and "training (s)" in header and "identifiability (EMG" in header
-    assert "| [EMG RVQ-VAE](runs/emg_rvq_vae.ipynb) | 300 | 193.5 | 3.6 | 1.3 |" in ours
+    # the columns the chapter argues from lead; columns no run measured are left out
+    assert header.startswith("| run | steps | identifiability (EMG, mean) ↑ | inspection | "
+                             "paper's inspection | training (s) | epochs | MRSTFT ↓ |")
+    assert "audio" not in header and "KL" not in header
+    # numbers for people: three significant figures
+    assert ("| [EMG RVQ-VAE](runs/emg_rvq_vae.ipynb) | 300 | 0.250 | unsuccessful | successful "
+            "| 194 | 3.60 | 1.30 |") in ours
     paper_header = next(line for line in papers.splitlines() if line.startswith("| run"))
     for label in ("steps", "training (s)", "identifiability", "paper's inspection"):
         assert label not in paper_header
-    assert "| EMG RVQ-VAE | 160 | 0.7114 |" in papers
+    assert "| EMG RVQ-VAE | successful | 160 | 0.711 |" in papers
+
+
+def test_markdown_table_formats_numbers_for_people():
+    import numpy as np
+
+    from mlmlmlm.report import markdown_table
+
+    table = markdown_table([{"sample_rate": 44100.0, "params": 43131, "kl": 0.0002078,
+                             "rate_hz": np.float32(22050), "f0": None, "causal": False,
+                             "config": {"in_channels": 1}}])
+    assert table.splitlines()[0] == "| sample rate | params | kl | rate hz | f0 | causal |"
+    assert table.splitlines()[2] == "| 44,100 | 43,131 | 0.000208 | 22,050 | — | false |"
+    # a fixed format is kept, an exponent never
+    assert markdown_table([{"a": 0.3333, "b": 44100.0}], floatfmt=".3g").endswith(
+        "| 0.333 | 44,100 |")
+
+
+def test_run_page_hides_plumbing_and_names_no_build_folder(tmp_path):
+    import nbformat
+
+    from mlmlmlm.config import load_run_config
+    from mlmlmlm.runbook import finish_page
+
+    root = tmp_path / "smoke-root"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Audio codec run\n\nWhat it is."),
+        nbformat.v4.new_code_cell('run = "x"  # which', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(f'run_dir = "{root}/runs/smoke/a"',
+                                  metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("S = setup()", outputs=[nbformat.v4.new_output(
+            "stream", name="stderr",
+            text=f"{REPO_ROOT}/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: Warn\n")]),
+        nbformat.v4.new_code_cell("S", outputs=[nbformat.v4.new_output(
+            "execute_result", data={"text/plain": f"PosixPath('{root}/data/smoke')"})]),
+    ])
+    page = tmp_path / "page.ipynb"
+    nbformat.write(nb, page)
+    finish_page(page, load_run_config("02_audio_codec/a_rvq_vae_3", "smoke"), root)
+    text = page.read_text()
+    assert str(root) not in text and str(REPO_ROOT) not in text and "site-packages" not in text
+    cells = nbformat.read(page, as_version=4).cells
+    assert cells[0].source.startswith("# A RVQ-VAE 3 — Audio codec run")
+    assert [c.metadata.get("tags") for c in cells[1:]] == [
+        ["parameters", "remove-cell"], ["injected-parameters", "remove-cell"], ["hide-input"],
+        ["hide-input"]]
+    assert cells[2].source == 'run_dir = "runs/smoke/a"'
+    assert cells[3].outputs[0].text == "tqdm/auto.py:21: Warn\n"
 
 
 def test_runbook_moves_a_checkpoint_of_another_config_aside(tmp_path):

@@ -46,7 +46,7 @@ def _side_by_side(before: Callable[[], None], after: Callable[[], None], reps: i
 
 
 def _models(run: str, scale: str):
-    from mlmlmlm.experiment import build_codec, build_loss
+    from mlmlmlm.recipes.codec import build_codec, build_loss
 
     cfg = load_run_config(run, scale)
     return cfg, build_codec(cfg), build_loss(cfg)

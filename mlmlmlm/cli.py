@@ -144,7 +144,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "train":
         from mlmlmlm.config import parse_overrides
-        from mlmlmlm.experiment import train_run
+        from mlmlmlm.recipes import train_run
 
         out = train_run(args.run, scale=args.scale, run_dir=args.run_dir,
                         data_root=args.data_root, overrides=parse_overrides(args.set),

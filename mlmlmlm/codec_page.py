@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from mlmlmlm import evaluate, experiment, report
+from mlmlmlm import evaluate, report
 from mlmlmlm.notebook import Setup
+from mlmlmlm.recipes import codec as recipe
 
 
 def _show(obj: Any) -> None:
@@ -32,7 +33,7 @@ def model_section(s: Setup) -> dict:
     """Show the run's title, description and the model's size, hop and receptive field."""
     cfg = s.cfg
     _md(f"**{cfg.title}** ({cfg.scale} scale). {cfg.description}")
-    desc = experiment.build_codec(cfg).describe()
+    desc = recipe.build_codec(cfg).describe()
     _md(report.markdown_table([desc]))
     return desc
 
@@ -49,11 +50,11 @@ def train_section(s: Setup) -> Trained:
     """Train (or resume) the run's codec and draw its loss curves."""
     import matplotlib.pyplot as plt
 
-    result = experiment.train_codec(s.cfg, s.run_dir, s.data_root, progress=False)
-    log = experiment.read_log(s.run_dir)
+    result = recipe.train_codec(s.cfg, s.run_dir, s.data_root, progress=False)
+    log = recipe.read_log(s.run_dir)
     print(f"{result.steps} steps, stopped by {result.stopped}, "
           f"{result.samples_per_s:.0f} samples/s, {result.wall_s:.0f} s")
-    report.loss_curves(log, experiment.LOSS_KEYS, title=s.cfg.title)
+    report.loss_curves(log, recipe.LOSS_KEYS, title=s.cfg.title)
     plt.show()
     return Trained(result, log)
 
@@ -67,9 +68,9 @@ class Evaluated:
 
 def metrics_section(s: Setup, trained: Trained) -> Evaluated:
     """Rebuild the codec from its checkpoint, evaluate it on the held-out windows, show the row."""
-    model, _ = experiment.load_codec(s.run_dir)
-    ev = experiment.evaluate_codec(s.cfg, model, s.data_root)
-    metrics = experiment.codec_metrics(s.cfg, trained.log, ev, s.data_root,
+    model, _ = recipe.load_codec(s.run_dir)
+    ev = recipe.evaluate_codec(s.cfg, model, s.data_root)
+    metrics = recipe.codec_metrics(s.cfg, trained.log, ev, s.data_root,
                                        trained.result.wall_s)
     why = metrics.get("not_computed", {})
     rows = [{"metric": k, "value": f"not available: {why[k]}" if k in why else v}
@@ -83,8 +84,8 @@ def look_and_listen(s: Setup, evaluated: Evaluated) -> list[str]:
     import matplotlib.pyplot as plt
 
     cfg = s.cfg
-    names = experiment.channel_names(cfg, s.data_root)
-    x = experiment.eval_windows(cfg, s.data_root, cfg.eval.n_examples)
+    names = recipe.channel_names(cfg, s.data_root)
+    x = recipe.eval_windows(cfg, s.data_root, cfg.eval.n_examples)
     recon, _ = evaluate.reconstruct(evaluated.model, x)
     x, recon = x.numpy(), recon.numpy()
     labels = [f"window {i + 1}" for i in range(len(x))]

@@ -72,20 +72,26 @@ class EvalConfig:
     emg_sr: float = 2756.25
 
 
-# Sections whose dataclass lives beside the code that uses it (nanoGPT-style small configs).
-# Imported lazily so that `mlmlmlm data check` never pays for torch.
-_SECTION_TYPES = {
+# Sections whose dataclass lives beside the code that uses it (nanoGPT-style small configs),
+# per phase kind: a phase's base.yaml says `kind:`, which picks its sections and its recipe
+# (mlmlmlm.recipes). Imported lazily so that `mlmlmlm data check` never pays for torch.
+_COMMON = {
     "corpus": "mlmlmlm.config:CorpusConfig",
     "data": "mlmlmlm.data.dataset:DataConfig",
-    "model": "mlmlmlm.models.codec:CodecConfig",
-    "loss": "mlmlmlm.losses:LossConfig",
-    "train": "mlmlmlm.train:TrainConfig",
     "eval": "mlmlmlm.config:EvalConfig",
 }
+KINDS: dict[str, dict[str, str]] = {
+    "dataset": _COMMON,
+    "codec": {**_COMMON, "model": "mlmlmlm.models.codec:CodecConfig",
+              "loss": "mlmlmlm.losses:LossConfig", "train": "mlmlmlm.train:TrainConfig"},
+    "transformer": {**_COMMON, "model": "mlmlmlm.models.transformer:TransformerConfig",
+                    "train": "mlmlmlm.train:TrainConfig"},
+}
+DEFAULT_KIND = "codec"  # configs saved before `kind:` existed are codec runs
 
 
-def section_type(name: str) -> type:
-    module, _, attr = _SECTION_TYPES[name].partition(":")
+def section_type(name: str, kind: str = DEFAULT_KIND) -> type:
+    module, _, attr = KINDS[kind][name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -94,6 +100,7 @@ class RunConfig:
     """One resolved experiment: identity, the paper's reference row, and typed sections."""
 
     run: str = ""  # "<phase>/<run>"
+    kind: str = DEFAULT_KIND  # the phase's kind (KINDS): its sections and its recipe
     scale: str = "cpu"  # "cpu" | "paper" | "smoke"
     title: str = ""  # the paper's row label, e.g. "A RVQ-VAE 3"
     description: str = ""  # one or two sentences: what this run changes and why
@@ -117,6 +124,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "run": self.run,
+            "kind": self.kind,
             "scale": self.scale,
             "title": self.title,
             "description": self.description,
@@ -300,18 +308,24 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a :class:`RunConfig` from a plain mapping (e.g. a papermill parameter), checking it."""
     data = dict(data)
     top = {f.name for f in dataclasses.fields(RunConfig) if f.name != "sections"}
+    kind = data.get("kind", DEFAULT_KIND)
+    if kind not in KINDS:
+        raise _error(source, "kind", f"'kind' must be one of {sorted(KINDS)}, got {kind!r}")
+    types_ = KINDS[kind]
     sections = {}
     for key, value in data.items():
         if key in top:
             continue
-        if key not in _SECTION_TYPES:
-            raise _error(source, key, f"unknown key {_suggest(key, top | set(_SECTION_TYPES))}")
+        if key not in types_:
+            hint = f" (a {kind} phase has no '{key}' section)" if any(
+                key in t for t in KINDS.values()) else ""
+            raise _error(source, key, f"unknown key {_suggest(key, top | set(types_))}{hint}")
         if not isinstance(value, dict):
             raise _error(source, key, f"'{key}' must be a mapping, got {type(value).__name__}")
-        sections[key] = build_dataclass(section_type(key), value, key, source)
+        sections[key] = build_dataclass(section_type(key, kind), value, key, source)
     kwargs = {k: data[k] for k in top if k in data}
-    for key, expected in (("run", str), ("scale", str), ("title", str), ("description", str),
-                          ("paper", dict)):
+    for key, expected in (("run", str), ("kind", str), ("scale", str), ("title", str),
+                          ("description", str), ("paper", dict)):
         if key in kwargs and not isinstance(kwargs[key], expected):
             raise _error(source, key, f"'{key}' must be {expected.__name__}, "
                                       f"got {type(kwargs[key]).__name__} {kwargs[key]!r}")
@@ -403,7 +417,7 @@ def differs_from_base(cfg: RunConfig, root: Path | None = None) -> dict[str, dic
     base = config_from_dict(merged_dict(f"{cfg.phase}/base", cfg.scale, root)).to_dict()
     run = cfg.to_dict()
     fb, fr = flatten(base), flatten(run)
-    skip = {"run", "title", "description"}
+    skip = {"run", "kind", "title", "description"}
     return {
         k: {"base": fb.get(k), "run": fr.get(k)}
         for k in sorted(set(fb) | set(fr))

@@ -30,7 +30,7 @@ from mlmlmlm.optim import EMA, SCHEDULES
 from mlmlmlm.optim import make_optimizer as _optimizer
 from mlmlmlm.optim import make_scheduler as _scheduler
 
-__all__ = ["EMA", "CodecTask", "Task", "TrainConfig", "TrainResult", "load_for_eval", "train"]
+__all__ = ["EMA", "Task", "TrainConfig", "TrainResult", "load_for_eval", "train"]
 
 
 @dataclass
@@ -130,40 +130,6 @@ class Task:
         """Restore what :meth:`state_dict` returned."""
 
 
-class CodecTask(Task):
-    """Codec phases: ``model`` is a ``Codec``, ``loss`` a ``CodecLoss`` (duck-typed).
-
-    Batches are ``{"x": Tensor[B, C, T], ...}`` (or the tensor itself). The generator step
-    returns ``loss.generator(x, out, step)``; the discriminator sees ``out.recon.detach()``.
-    """
-
-    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
-        self.model, self.loss = model, loss
-
-    def step(self, batch: Any, step: int) -> tuple[dict[str, Tensor], Any]:
-        x = batch["x"] if isinstance(batch, dict) else batch
-        out = self.model(x)
-        return self.loss.generator(x, out, step), out
-
-    def disc_step(self, batch: Any, aux: Any, step: int) -> dict[str, Tensor] | None:
-        if not self.loss.has_discriminator:
-            return None
-        x = batch["x"] if isinstance(batch, dict) else batch
-        return self.loss.discriminator(x, aux.recon.detach())
-
-    def disc_parameters(self) -> list[nn.Parameter]:
-        return list(self.loss.discriminator_parameters()) if self.loss.has_discriminator else []
-
-    def modules(self) -> list[nn.Module]:
-        return [self.model, self.loss]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loss.load_state_dict(state["loss"])
-
-
 def train(
     task: Task,
     train_data: Dataset,
@@ -179,7 +145,7 @@ def train(
     Parameters
     ----------
     task
-        A :class:`Task` (e.g. :class:`CodecTask`).
+        A :class:`Task` (e.g. :class:`mlmlmlm.recipes.codec.CodecTask`).
     train_data
         Map-style dataset; items are collated by the default collate function.
     cfg

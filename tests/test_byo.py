@@ -105,7 +105,7 @@ def test_notebook_given_a_user_folder_never_writes_there(user_folders, tmp_path)
     s = setup("04_emg_codec/emg_rvq_vae", "cpu", True, {}, str(tmp_path / "run"), str(folder))
     assert s.data_root == folder
     from mlmlmlm.data.dataset import WindowDataset
-    from mlmlmlm.experiment import data_config
+    from mlmlmlm.recipes.codec import data_config
 
     WindowDataset(data_config(s.cfg, folder), "train", train=True)  # computes the EMG scale
     assert snapshot(folder) == before

@@ -26,6 +26,7 @@ def exp(tmp_path):
     _write(tmp_path, "09_toy/base.yaml", """
 runs: [b_run, a_run]
 table: [{key: metrics.x, label: X}]
+kind: dataset
 title: toy
 corpus: {minutes: 10.0, seed: 1}
 eval: {n_windows: 64, split: test}
@@ -56,6 +57,17 @@ def test_merge_order_base_scale_run(exp):
     assert smoke.eval.n_examples == 2  # smoke is layered on cpu
     paper = load_run_config("09_toy/a_run", "paper", root=exp)
     assert paper.corpus.minutes == 130.0 and paper.eval.n_examples == 4
+
+
+def test_smoke_is_layered_last(exp):
+    # a run's cpu block (here a longer corpus) never outlives the base's smoke sizes
+    _write(exp, "09_toy/long.yaml", "scales: {cpu: {corpus: {minutes: 60.0}}}\n")
+    assert load_run_config("09_toy/long", "cpu", root=exp).corpus.minutes == 60.0
+    assert load_run_config("09_toy/long", "smoke", root=exp).corpus.minutes == 0.5
+    # ... while the run's own smoke block still wins over the base's
+    _write(exp, "09_toy/long.yaml", "scales: {cpu: {corpus: {minutes: 60.0}}, "
+                                    "smoke: {corpus: {minutes: 0.25}}}\n")
+    assert load_run_config("09_toy/long", "smoke", root=exp).corpus.minutes == 0.25
 
 
 def test_runs_listed_in_declared_order(exp):
@@ -178,3 +190,22 @@ def test_run_overrides_do_not_leak_paper_values_into_cpu_scale():
         top = flatten({k: v for k, v in doc.items() if k not in ("scales", "paper")})
         leaked = [k for k in top if k in base_cpu and k not in run_cpu]
         assert not leaked, f"{run}: set {leaked} for the paper scale but not for cpu"
+
+
+def test_kind_picks_the_sections_and_the_recipe(exp):
+    from mlmlmlm.recipes import recipe
+
+    _write(exp, "09_toy/bad.yaml", "model: {channels: 4}\n")  # the toy phase is kind: dataset
+    with pytest.raises(ConfigError, match=r"09_toy/bad.yaml: unknown key 'model' .*"
+                                          r"\(a dataset phase has no 'model' section\)"):
+        load_run_config("09_toy/bad", root=exp)
+    ds = load_run_config("01_dataset/default")
+    assert ds.kind == "dataset" and "model" not in ds.sections
+    with pytest.raises(ConfigError, match="01_dataset/default: a dataset phase has nothing to "
+                                          "train"):
+        recipe(ds)
+    codec = load_run_config("02_audio_codec/a_rvq_vae_3")
+    assert type(codec.model).__name__ == "CodecConfig"
+    assert recipe(codec).__name__ == "mlmlmlm.recipes.codec"
+    with pytest.raises(ConfigError, match=r"'kind' must be one of"):
+        load_run_config("02_audio_codec/a_rvq_vae_3", overrides={"kind": "vocoder"})

@@ -186,7 +186,7 @@ def test_a_silent_reconstruction_is_flagged_by_the_emg_metrics():
 def test_card_says_why_a_metric_of_a_silent_codec_is_missing(tmp_path, smoke_corpus):
     from mlmlmlm.atomic import write_json_atomic
     from mlmlmlm.config import load_run_config
-    from mlmlmlm.experiment import codec_metrics
+    from mlmlmlm.recipes.codec import codec_metrics
 
     cfg = load_run_config("04_emg_codec/emg_rvq_vae_native", "smoke")
     ev = E.evaluate_codec(_Silent(), windows(n=4, c=6, t=2048), SR, [], list(range(6)))

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from mlmlmlm import experiment
 from mlmlmlm.config import list_runs, load_run_config
+from mlmlmlm.recipes import codec as recipe
 
 CODEC_RUNS = [r for r in list_runs() if not r.startswith("01_")]
 
@@ -16,9 +16,9 @@ CODEC_RUNS = [r for r in list_runs() if not r.startswith("01_")]
 @pytest.mark.parametrize("run", CODEC_RUNS)
 def test_experiment_trains_one_step_at_smoke_size(run, smoke_corpus, tmp_path):
     cfg = load_run_config(run, "smoke", overrides={"train.max_steps": 1})
-    result = experiment.train_codec(cfg, tmp_path, smoke_corpus, progress=False)
+    result = recipe.train_codec(cfg, tmp_path, smoke_corpus, progress=False)
     assert result.steps == 1
-    log = experiment.read_log(tmp_path)
+    log = recipe.read_log(tmp_path)
     assert log and "train" in log[-1] and "mrstft" in log[-1]
     assert ("kl" in log[-1]) == (cfg.model.bottleneck == "vae")
     assert ("quantizer" in log[-1]) == (cfg.model.bottleneck == "rvq")
@@ -27,10 +27,10 @@ def test_experiment_trains_one_step_at_smoke_size(run, smoke_corpus, tmp_path):
 
 def test_checkpoint_round_trip_rebuilds_identical_model(smoke_corpus, tmp_path):
     cfg = load_run_config("02_audio_codec/a_rvq_vae_3", "smoke")
-    result = experiment.train_codec(cfg, tmp_path, smoke_corpus, progress=False)
-    model, cfg2 = experiment.load_codec(tmp_path, use_ema=False)
+    result = recipe.train_codec(cfg, tmp_path, smoke_corpus, progress=False)
+    model, cfg2 = recipe.load_codec(tmp_path, use_ema=False)
     assert cfg2.to_dict() == cfg.to_dict()
-    x = experiment.eval_windows(cfg, smoke_corpus, 2)
+    x = recipe.eval_windows(cfg, smoke_corpus, 2)
     trained = result.model.eval()
     with torch.inference_mode():
         assert torch.equal(model(x).recon, trained(x).recon)
@@ -41,17 +41,17 @@ def test_checkpoint_round_trip_rebuilds_identical_model(smoke_corpus, tmp_path):
 
 def test_codec_metrics_row(smoke_corpus, tmp_path):
     cfg = load_run_config("03_emg_audio_codec/ea_vae_3", "smoke")
-    result = experiment.train_codec(cfg, tmp_path, smoke_corpus, progress=False)
-    model, _ = experiment.load_codec(tmp_path)
-    ev = experiment.evaluate_codec(cfg, model, smoke_corpus)
-    m = experiment.codec_metrics(cfg, experiment.read_log(tmp_path), ev, smoke_corpus,
+    result = recipe.train_codec(cfg, tmp_path, smoke_corpus, progress=False)
+    model, _ = recipe.load_codec(tmp_path)
+    ev = recipe.evaluate_codec(cfg, model, smoke_corpus)
+    m = recipe.codec_metrics(cfg, recipe.read_log(tmp_path), ev, smoke_corpus,
                                  result.wall_s)
     per = m["identifiability_per_channel"]
     assert len(per) == 7 and m["identifiability_audio"] == per[0]
     assert m["identifiability_emg"] == pytest.approx(sum(per[1:]) / 6)
     # each value is a fraction of the held-out windows: a whole number of them
     n = m["n_eval_windows"]
-    assert n == len(experiment.eval_windows(cfg, smoke_corpus)) and n >= 2
+    assert n == len(recipe.eval_windows(cfg, smoke_corpus)) and n >= 2
     assert all(abs(v * n - round(v * n)) < 1e-4 for v in per)
     assert m["inspection"] in ("successful", "unsuccessful")
     assert m["paper_inspection"] == "successful"
@@ -140,7 +140,7 @@ def test_cli_train_with_overrides_and_eval(smoke_corpus, tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["steps"] == 1 and out["overrides"] == {"train.max_steps": 1, "model.latent_dim": 4}
     # the override reached the model that was trained and saved
-    from mlmlmlm.experiment import evaluate_codec, load_codec
+    from mlmlmlm.recipes.codec import evaluate_codec, load_codec
 
     model, cfg = load_codec(tmp_path)
     assert cfg.model.latent_dim == 4 and model.cfg.latent_dim == 4

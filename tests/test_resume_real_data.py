@@ -12,7 +12,8 @@ from torch import nn
 
 from mlmlmlm import checkpoint as C
 from mlmlmlm.data.dataset import DataConfig, WindowDataset
-from mlmlmlm.train import CodecTask, TrainConfig, train
+from mlmlmlm.recipes.codec import CodecTask
+from mlmlmlm.train import TrainConfig, train
 
 
 class Out:

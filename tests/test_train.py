@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from mlmlmlm import checkpoint as C
 from mlmlmlm.distributed import ShardedBatchSampler
-from mlmlmlm.train import CodecTask, TrainConfig, _scheduler, load_for_eval, train
+from mlmlmlm.recipes.codec import CodecTask
+from mlmlmlm.train import TrainConfig, _scheduler, load_for_eval, train
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]

@@ -1,5 +1,5 @@
-"""One experiment from its resolved config: build the codec and its loss, train it with the one
-training loop, rebuild it from its checkpoint, evaluate it on the fixed held-out windows, and
+"""The codec recipe (phases of ``kind: codec``): build the codec and its loss, train it with the
+one training loop, rebuild it from its checkpoint, evaluate it on the fixed held-out windows, and
 produce the row of the chapter's results table.
 
 Introduced in notebook 02_audio_codec; 03_emg_audio_codec and 04_emg_codec call the same
@@ -15,12 +15,48 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from mlmlmlm.config import RunConfig, config_from_dict, load_run_config
+from mlmlmlm.config import RunConfig, config_from_dict
 from mlmlmlm.report import LOSS_LABELS
+from mlmlmlm.train import Task
 
 # Loss columns of the paper's Tables 2, 4 and 6, in order (absent terms show as an em dash).
 LOSS_KEYS = tuple(LOSS_LABELS)
+
+
+class CodecTask(Task):
+    """Codec phases: ``model`` is a ``Codec``, ``loss`` a ``CodecLoss`` (duck-typed).
+
+    Batches are ``{"x": Tensor[B, C, T], ...}`` (or the tensor itself). The generator step
+    returns ``loss.generator(x, out, step)``; the discriminator sees ``out.recon.detach()``.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+        self.model, self.loss = model, loss
+
+    def step(self, batch: Any, step: int) -> tuple[dict[str, Tensor], Any]:
+        x = batch["x"] if isinstance(batch, dict) else batch
+        out = self.model(x)
+        return self.loss.generator(x, out, step), out
+
+    def disc_step(self, batch: Any, aux: Any, step: int) -> dict[str, Tensor] | None:
+        if not self.loss.has_discriminator:
+            return None
+        x = batch["x"] if isinstance(batch, dict) else batch
+        return self.loss.discriminator(x, aux.recon.detach())
+
+    def disc_parameters(self) -> list[nn.Parameter]:
+        return list(self.loss.discriminator_parameters()) if self.loss.has_discriminator else []
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model, self.loss]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.load_state_dict(state["loss"])
 
 
 def data_config(cfg: RunConfig, data_root: str | Path):
@@ -70,7 +106,7 @@ def train_codec(cfg: RunConfig, run_dir: str | Path, data_root: str | Path,
     """
     from mlmlmlm.data.check import require_eval_windows
     from mlmlmlm.data.dataset import WindowDataset
-    from mlmlmlm.train import CodecTask, train
+    from mlmlmlm.train import train
 
     check_consistent(cfg)
     # a folder too small to evaluate fails here, not after the training
@@ -81,76 +117,19 @@ def train_codec(cfg: RunConfig, run_dir: str | Path, data_root: str | Path,
                  progress=progress)
 
 
-def train_run(run: str, scale: str = "cpu", run_dir: Path | None = None,
-              data_root: Path | None = None, overrides: dict[str, Any] | None = None,
-              evaluate: bool = False, force: bool = False) -> dict[str, Any] | None:
-    """``mlmlmlm train <phase>/<run> [--set k=v ...] [--eval]``: train without a notebook
-    (works under ``torchrun``), optionally evaluate, and return what the CLI prints (``None`` on
-    the non-main ranks).
+def train(cfg: RunConfig, run_dir: Path, data_root: Path, progress: bool = True):
+    """The recipe's training entry (:func:`mlmlmlm.recipes.train_run` calls it)."""
+    return train_codec(cfg, run_dir, data_root, progress=progress)
 
-    The default run dir is ``runs/<scale>/<phase>/<run>`` (see :mod:`mlmlmlm.paths`); with
-    ``overrides`` it is ``<run>.set-<hash>`` (the hash covers overrides, scale and data root), so a
-    sweep never touches the runbook's run dir and the same overrides resume the same dir; on a
-    data root other than the default corpus it is ``<run>.data-<hash>``. ``force`` moves a
-    checkpoint written with another configuration aside and starts over.
-    """
-    import os
 
-    from mlmlmlm import distributed, paths
-
-    cfg = load_run_config(run, scale, overrides)
-    smoke = scale == "smoke"
-    data_root = Path(data_root or paths.default_data_root(smoke=smoke))
-    if run_dir is None:
-        tag = paths.set_tag(overrides, scale, data_root) or paths.data_tag(data_root, smoke=smoke)
-        run_dir = paths.run_dir(run, scale, tag=tag)
-    if not data_root.exists():
-        from mlmlmlm.data.io import DataError
-
-        hint = " (build it with `mlmlmlm data build" + (" --smoke" if smoke else "") + "`)" \
-            if data_root == paths.default_data_root(smoke=smoke) else ""
-        raise DataError(data_root, f"data folder does not exist{hint}")
-    # Under torchrun the process group must exist before the model is built: ResidualVQ decides
-    # at construction whether to share codebook statistics across processes.
-    ctx = distributed.setup(cfg.train.device) if "WORLD_SIZE" in os.environ else None
-    try:
-        if force and (Path(run_dir) / "checkpoint.pt").exists():
-            _start_over(Path(run_dir), cfg, ctx)
-        result = train_codec(cfg, run_dir, data_root, progress=ctx is None or ctx.is_main)
-    finally:
-        if ctx is not None:
-            distributed.teardown(ctx)
-    if ctx is not None and not ctx.is_main:
-        return None
-    out: dict[str, Any] = {"run": run, "run_dir": str(run_dir), "overrides": overrides or {},
-                           "steps": result.steps, "wall_s": round(result.wall_s, 1)}
-    if evaluate:
-        model, _ = load_codec(run_dir)
-        ev = evaluate_codec(cfg, model, data_root)
-        out["identifiability"] = ev["identifiability"]
-        out |= {k: v["mean"] for k, v in ev.items()
-                if isinstance(v, dict) and "mean" in v and k != "identifiability"}
+def summary(cfg: RunConfig, run_dir: Path, data_root: Path) -> dict[str, Any]:
+    """Held-out metrics of the trained checkpoint, as ``mlmlmlm train --eval`` prints them."""
+    model, _ = load_codec(run_dir)
+    ev = evaluate_codec(cfg, model, data_root)
+    out: dict[str, Any] = {"identifiability": ev["identifiability"]}
+    out |= {k: v["mean"] for k, v in ev.items()
+            if isinstance(v, dict) and "mean" in v and k != "identifiability"}
     return out
-
-
-def _start_over(run_dir: Path, cfg: RunConfig, ctx) -> None:
-    """``--force``: a checkpoint of another configuration goes to ``<run>.superseded`` (the
-    runbook does the same); the run starts over."""
-    import os
-    import shutil
-
-    from mlmlmlm import checkpoint as C
-
-    if ctx is not None and not ctx.is_main:
-        return
-    changed = C.section_changes(C.load_checkpoint(run_dir / "checkpoint.pt").get("config"),
-                                cfg.to_dict(), C.WEIGHT_SECTIONS)
-    if changed:
-        old = run_dir.with_name(run_dir.name + ".superseded")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(run_dir, old)
-        print(f"{run_dir}: written with another configuration; moved to {old}, starting over")
 
 
 def load_codec(run_dir: str | Path, use_ema: bool = True):

@@ -178,9 +178,9 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
 # every other cell shows its output with its code one click away (Jupyter Book's toggle).
 PLUMBING_TAGS = ("parameters", "injected-parameters")
 
-# Folders of the build machine that outputs name (a warning's file, a site-packages module).
-_PYTHON_LIB = re.compile(
-    r"(?:/[^\s\"'\\:<>]+)*/(?:site-packages|dist-packages|lib/python3\.\d+)/")
+# Folders of Python's libraries that outputs name (a warning's ``.../site-packages/tqdm/auto.py``).
+_PYTHON_LIB = re.compile(r"/(?:(?:site-packages|dist-packages|lib/python3\.\d+)/)+")
+_PATH_START = re.compile(r"[\s\"'\\:<>=(\[]")  # what precedes an absolute path in text
 
 
 def finish_page(page: Path, cfg: RunConfig, root: Path) -> None:
@@ -227,7 +227,16 @@ def hide_plumbing(nb) -> None:
 def scrub_paths(text: str, roots) -> str:
     """``text`` with the book root's and the repository's absolute folders made relative and
     Python's library folders (a warning's ``.../site-packages/tqdm/auto.py``) cut off."""
-    text = _PYTHON_LIB.sub("", text)
+    # from each library folder back to where its path starts (a literal search: the pages
+    # hold megabytes of base64 that a backtracking pattern would crawl)
+    cuts, last = [], 0
+    for m in _PYTHON_LIB.finditer(text):
+        start = m.start()
+        while start > last and not _PATH_START.match(text, start - 1):
+            start -= 1
+        cuts.append(text[last:start])
+        last = m.end()
+    text = "".join(cuts) + text[last:]
     for r in sorted({str(Path(r).resolve()) for r in roots}, key=len, reverse=True):
         text = re.sub(re.escape(r) + r"(?![\w.-])", ".", text.replace(r + "/", ""))
     return text

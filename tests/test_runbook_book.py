@@ -180,7 +180,7 @@ LOAD_IMAGES = """
 # document order (descending into sections; anchors and empty boxes skipped). "code" when it
 # shows a cell's source or a code block (a folded hide-input toggle shows only its summary).
 FIRST_AFTER_TITLE = """
-    const h1 = document.querySelector('article h1, main h1');
+    const h1 = document.querySelector('article.bd-article h1');  // not the print-only copy
     if (!h1) return {tag: 'no h1'};
     const shown = el => el.getClientRects().length > 0 && el.offsetHeight > 0;
     const code = el => Array.from(el.querySelectorAll('.cell_input, pre, div.highlight'))
@@ -195,6 +195,18 @@ FIRST_AFTER_TITLE = """
         return {tag: el.tagName, cls: el.className, code: code(el),
                 text: el.textContent.trim().slice(0, 80)};
     }
+"""
+
+# Code a reader meets before the page's first figure, table or player (a cell's source shown
+# unfolded, or a code block): the plumbing a run page must not open with.
+CODE_BEFORE_RESULTS = """
+    const shown = el => el.getClientRects().length > 0 && el.offsetHeight > 0;
+    const article = document.querySelector('article.bd-article');
+    const result = Array.from(article.querySelectorAll('img, table, audio')).find(shown);
+    const code = '.cell_input, div.highlight:not(.cell_input div.highlight)';
+    return Array.from(article.querySelectorAll(code)).filter(shown)
+        .filter(el => !result || (el.compareDocumentPosition(result) & 4))
+        .map(el => el.textContent.trim().slice(0, 60));
 """
 
 REPRS = ("PosixPath(", "WindowsPath(", "tensor(", "<mlmlmlm.", " object at 0x",
@@ -232,6 +244,8 @@ def test_every_page_reads_like_a_research_book(smoke_book, browser):
         if first.get("code") or first["tag"] not in ("P", "FIGURE", "IMG", "DIV", "UL", "OL",
                                                      "TABLE", "BLOCKQUOTE", "DL"):
             problems.append(f"{page}: the title is followed by {first}")
+        problems += [f"{page}: code before the first result: {c!r}"
+                     for c in browser.execute_script(CODE_BEFORE_RESULTS)]
         if page in ("book/02_audio_codec/runs/a_rvq_vae_3.html", "book/02_audio_codec/results.html"):
             browser.save_screenshot(str(shots / (page.replace("/", "_")[:-5] + ".png")))
     assert not problems, "\n".join(problems)
@@ -311,6 +325,14 @@ def test_run_page_hides_plumbing_and_names_no_build_folder(tmp_path):
         ["hide-input"]]
     assert cells[2].source == 'run_dir = "runs/smoke/a"'
     assert cells[3].outputs[0].text == "tqdm/auto.py:21: Warn\n"
+    # a page holds megabytes of base64 (players, figures): scrubbing it stays a literal search
+    import time
+
+    from mlmlmlm.runbook import scrub_paths
+
+    t0 = time.perf_counter()
+    assert scrub_paths("ab/" * 2_000_000, [root]) == "ab/" * 2_000_000
+    assert time.perf_counter() - t0 < 5
 
 
 def test_runbook_moves_a_checkpoint_of_another_config_aside(tmp_path):

@@ -182,7 +182,10 @@ LOAD_IMAGES = """
 FIRST_AFTER_TITLE = """
     const h1 = document.querySelector('article.bd-article h1');  // not the print-only copy
     if (!h1) return {tag: 'no h1'};
-    const shown = el => el.getClientRects().length > 0 && el.offsetHeight > 0;
+    // rendered, and not folded away in a closed <details> (a hide-input toggle)
+    const folded = el => { const d = el.closest('details:not([open])');
+                           return d && !el.closest('summary'); };
+    const shown = el => el.getClientRects().length > 0 && el.offsetHeight > 0 && !folded(el);
     const code = el => Array.from(el.querySelectorAll('.cell_input, pre, div.highlight'))
         .concat(el.matches('.cell_input, pre, div.highlight') ? [el] : []).some(shown);
     let el = h1;
@@ -200,7 +203,10 @@ FIRST_AFTER_TITLE = """
 # Code a reader meets before the page's first figure, table or player (a cell's source shown
 # unfolded, or a code block): the plumbing a run page must not open with.
 CODE_BEFORE_RESULTS = """
-    const shown = el => el.getClientRects().length > 0 && el.offsetHeight > 0;
+    // rendered, and not folded away in a closed <details> (a hide-input toggle)
+    const folded = el => { const d = el.closest('details:not([open])');
+                           return d && !el.closest('summary'); };
+    const shown = el => el.getClientRects().length > 0 && el.offsetHeight > 0 && !folded(el);
     const article = document.querySelector('article.bd-article');
     const result = Array.from(article.querySelectorAll('img, table, audio')).find(shown);
     const code = '.cell_input, div.highlight:not(.cell_input div.highlight)';

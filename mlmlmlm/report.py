@@ -19,7 +19,7 @@ import numpy as np
 from mlmlmlm.atomic import write_json_atomic
 
 # The loss columns of the paper's Tables 2, 4 and 6, in order, and their labels
-# (mlmlmlm.experiment.LOSS_KEYS is this order; the codec results table below shows them).
+# (mlmlmlm.recipes.codec.LOSS_KEYS is this order; the codec results table below shows them).
 LOSS_LABELS = {"mrstft": "MRSTFT", "kl": "KL", "quantizer": "quantizer",
                "adversarial": "adversarial", "feature_matching": "feature-matching",
                "disc": "disc.", "train": "train"}

@@ -328,6 +328,28 @@ def check_resumable(path: Path, ckpt: dict[str, Any], extra: Any) -> None:
                           "`mlmlmlm train ... --force` starts over (or pass another --run-dir)")
 
 
+def supersede_if_changed(run_dir: Path, config: dict[str, Any],
+                         sections: tuple[str, ...] = TRAINING_SECTIONS) -> tuple[Path, list[str]] | None:
+    """A checkpoint in ``run_dir`` written with another configuration (keys under ``sections``)
+    is not resumed: the run dir is moved to ``<run>.superseded`` (replacing an older one), kept,
+    never deleted. Returns ``(where it went, the changed keys)``, or None when nothing moved (no
+    checkpoint, or the same run killed: it resumes). Used by the runbook and ``train --force``."""
+    import os
+    import shutil
+
+    ckpt_path = Path(run_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        return None
+    changed = section_changes(load_checkpoint(ckpt_path).get("config"), config, sections)
+    if not changed:
+        return None
+    old = Path(run_dir).with_name(Path(run_dir).name + ".superseded")
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(run_dir, old)
+    return old, changed
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint, so a resumed run appends no duplicates."""
     if not path.exists():

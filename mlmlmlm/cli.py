@@ -106,13 +106,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         import tempfile
 
         from mlmlmlm.config import REPO_ROOT
-        from mlmlmlm.runbook import ensure_corpus, prepare_root, run_experiment
+        from mlmlmlm.data.corpus import ensure_default
+        from mlmlmlm.runbook import prepare_root, run_experiment
 
         root = args.out or (Path(tempfile.mkdtemp(prefix="mlmlmlm-smoke-")) if args.smoke
                             else REPO_ROOT)
         if root != REPO_ROOT:
             prepare_root(root)
-        data_root = args.data_root or ensure_corpus(root, args.smoke)
+        data_root = args.data_root or ensure_default(root, args.smoke, progress=not args.smoke)
         card = run_experiment(args.run, smoke=args.smoke, force=args.force, root=root,
                               data_root=data_root, scale=args.scale)
         print(f"{args.run}: {card['status']} in {card['wall_s']:.0f} s -> {root / card['page']}")

@@ -243,10 +243,9 @@ def merged_dict(run: str, scale: str = "cpu", root: Path | None = None,
 
 
 def _display(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    from mlmlmlm.paths import relative  # paths imports this module: import here
+
+    return relative(path)
 
 
 def load_run_config(run: str, scale: str = "cpu", overrides: dict[str, Any] | None = None,

@@ -73,10 +73,9 @@ def setup(run: str, scale: str, smoke: bool, config: dict, run_dir: str, data_ro
         if not dr.exists():
             raise ConfigError(f"notebook parameters: data_root {data_root!r} does not exist")
     else:
-        from mlmlmlm.data.corpus import default_settings, ensure_default_corpus
+        from mlmlmlm.data.corpus import ensure_default
 
-        dr = ensure_default_corpus(paths.default_data_root(smoke=smoke),
-                                   *default_settings(smoke), progress=False)
+        dr = ensure_default(smoke=smoke, progress=False)
     rd = Path(run_dir) if run_dir else \
         paths.run_dir(cfg.run, cfg.scale, tag=paths.data_tag(dr, smoke=smoke))
     rd.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 from mlmlmlm import checkpoint as C
 from mlmlmlm import paths
-from mlmlmlm.atomic import write_json_atomic
+from mlmlmlm.atomic import write_json_atomic, write_text_atomic
 from mlmlmlm.config import (
     REPO_ROOT,
     RunConfig,
@@ -38,6 +38,7 @@ from mlmlmlm.config import (
     load_run_config,
     read_yaml,
 )
+from mlmlmlm.data.corpus import ensure_default
 from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table
 
 
@@ -64,15 +65,6 @@ def device_name() -> str:
     return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def ensure_corpus(root: Path, smoke: bool, log: Callable[[str], None] = print) -> Path:
-    """The default corpus of book root ``root`` (``<root>/data/default`` or ``data/smoke``),
-    built when missing (see :mod:`mlmlmlm.data.corpus`: only a folder of ours is ever rebuilt)."""
-    from mlmlmlm.data.corpus import default_settings, ensure_default_corpus
-
-    return ensure_default_corpus(paths.default_data_root(root, smoke), *default_settings(smoke),
-                                 progress=not smoke, log=log)
-
-
 def _config_hash(cfg: RunConfig, notebook: Path, data_root: Path) -> str:
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     h.update(notebook.read_bytes())
@@ -88,21 +80,13 @@ def _config_hash(cfg: RunConfig, notebook: Path, data_root: Path) -> str:
 
 
 def _supersede_stale(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -> None:
-    """A checkpoint written with another configuration is not resumed: the run dir is moved to
-    ``<run>.superseded`` (replacing an older one) and the run starts over."""
-    ckpt_path = run_dir / "checkpoint.pt"
-    if not ckpt_path.exists():
-        return
-    changed = C.section_changes(C.load_checkpoint(ckpt_path).get("config"), cfg.to_dict(),
-                                C.TRAINING_SECTIONS)
-    if not changed:
-        return  # the same run, killed: it resumes
-    old = run_dir.with_name(run_dir.name + ".superseded")
-    if old.exists():
-        shutil.rmtree(old)
-    os.replace(run_dir, old)
-    log(f"{cfg.run}: configuration changed since its checkpoint ({', '.join(changed[:3])}"
-        f"{' ...' if len(changed) > 3 else ''}); starting over, old run kept in {old}")
+    """A checkpoint written with another configuration is moved aside, and the run starts over
+    (:func:`mlmlmlm.checkpoint.supersede_if_changed`); a killed run of the same one resumes."""
+    moved = C.supersede_if_changed(run_dir, cfg.to_dict(), C.TRAINING_SECTIONS)
+    if moved:
+        old, changed = moved
+        log(f"{cfg.run}: configuration changed since its checkpoint ({', '.join(changed[:3])}"
+            f"{' ...' if len(changed) > 3 else ''}); starting over, old run kept in {old}")
 
 
 def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
@@ -194,9 +178,7 @@ def finish_page(page: Path, cfg: RunConfig, root: Path) -> None:
     retitle(nb, cfg)
     hide_plumbing(nb)
     text = scrub_paths(nbformat.writes(nb), (root, REPO_ROOT))
-    tmp = page.with_suffix(".ipynb.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, page)
+    write_text_atomic(page, text)
 
 
 def retitle(nb, cfg: RunConfig) -> None:
@@ -298,10 +280,7 @@ def write_results(phase: str, root: Path | None = None) -> Path:
                          f" differs from base in {diff or 'nothing'}.")
         lines.append("")
     out = root / "book" / phase / "results.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    write_text_atomic(out, "\n".join(lines))
     return out
 
 
@@ -369,7 +348,7 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
         if root != REPO_ROOT:
             prepare_root(root)
     runs = only or list_runs()
-    data_root = ensure_corpus(root, smoke, log)
+    data_root = ensure_default(root, smoke, progress=not smoke, log=log)
     failures = []
     t_all = time.time()
     for i, run in enumerate(runs, 1):

@@ -31,6 +31,7 @@ def smoke_corpus(tmp_path_factory) -> Path:
     """The real default-corpus builder at smoke size (the 01_dataset smoke settings)."""
     from mlmlmlm.data.corpus import default_settings, ensure_default_corpus
 
+    # the default corpus's own builder and settings, in a folder of the test's
     return ensure_default_corpus(tmp_path_factory.mktemp("corpus") / "smoke",
                                  *default_settings(smoke=True), progress=False, log=lambda m: None)
 

@@ -209,7 +209,7 @@ def require_eval_windows(path, split: str, window_s: float, hop_s: float, need: 
         n += 0 if d < window_s else int((d - window_s) // hop_s + 1e-9) + 1
     if n < need:
         few = " (a folder of fewer than three recordings holds out the last 10 % of each by " \
-            "time)" if any("#" in r.name for r in find_recordings(path)) else ""
+            "time)" if any(r.span != (0.0, 1.0) for r in find_recordings(path)) else ""
         raise DataError(path, f"the held-out split {split!r} has {n} window(s) of {window_s:g} s"
                               f"{few}; the evaluation needs at least {need}: bring more or longer "
                               "recordings, or a corpus.json that puts more of them in that split")

@@ -121,6 +121,16 @@ def ensure_default_corpus(root: Path, minutes: float, seed: int, *, progress: bo
     return root
 
 
+def ensure_default(book_root: Path | None = None, smoke: bool = False, *, progress: bool = True,
+                   log: Callable[[str], None] = print) -> Path:
+    """The default corpus of a book root (``<root>/data/default``, ``data/smoke``) with the
+    settings of ``experiments/01_dataset/base.yaml``, built when missing."""
+    from mlmlmlm.paths import default_data_root
+
+    return ensure_default_corpus(default_data_root(book_root, smoke), *default_settings(smoke),
+                                 progress=progress, log=log)
+
+
 def default_settings(smoke: bool) -> tuple[float, int]:
     """``(minutes, seed)`` of the default corpus from ``experiments/01_dataset/base.yaml``."""
     from mlmlmlm.config import load_run_config

@@ -227,6 +227,11 @@ def time_split(refs: list[RecordingRef]) -> list[RecordingRef]:
             for r in refs for split, a, b in TIME_SPLITS]
 
 
+def source_name(name: str) -> str:
+    """The recording a (possibly time-split) name belongs to: ``take1#test`` -> ``take1``."""
+    return name.split("#", 1)[0]
+
+
 def _assign_splits(refs, manifest, manifest_path, problems) -> list[RecordingRef]:
     if manifest is None:
         splits = split_names([r.name for r in refs])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlmlmlm.data.io import Recording, find_recordings, load_recording
+from mlmlmlm.data.io import Recording, find_recordings, load_recording, source_name
 from mlmlmlm.data.synth.plux import emg_stats
 
 
@@ -157,7 +157,7 @@ def folder_info(root: Path, recs: list[Recording]) -> FolderInfo:
         table["sound source"] = "your recordings"
     if has_manifest:
         note = "Splits come from the folder's `corpus.json`."
-    elif len({r.name.split("#")[0] for r in recs}) < 3:
+    elif len({source_name(r.name) for r in recs}) < 3:
         note = ("This folder has no `corpus.json` and fewer than three recordings, so each "
                 "recording was split by time: its first 80 % for training, then 10 % "
                 "validation and the last 10 % test.")
@@ -199,7 +199,7 @@ def dataset_metrics(recs: list[Recording], splits: list[dict], cmp, info: Folder
     ours = "synthetic" if info.ours else "this folder"
     mf = cmp.loc[cmp["source"] == ours, "median_freq_hz"].mean()
     real_mf = cmp.loc[cmp["source"] == "real", "median_freq_hz"].mean()
-    out = {"recordings": len({r.name.split("#")[0] for r in recs}),
+    out = {"recordings": len({source_name(r.name) for r in recs}),
            "minutes_paired": sum(r["minutes"] for r in splits if r["split"] != "test_real"),
            **{f"windows_{r['split']}": r["windows"] for r in splits},
            ("emg_median_freq_synthetic_hz" if info.ours else "emg_median_freq_folder_hz"):

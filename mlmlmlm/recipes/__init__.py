@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -77,15 +76,11 @@ def train_run(run: str, scale: str = "cpu", run_dir: Path | None = None,
 
 
 def _start_over(run_dir: Path, cfg: RunConfig) -> None:
-    """``--force``: a checkpoint of another configuration goes to ``<run>.superseded`` (the
-    runbook does the same); the run starts over."""
+    """``--force``: a checkpoint of another configuration is moved aside (as the runbook does,
+    :func:`mlmlmlm.checkpoint.supersede_if_changed`); the run starts over."""
     from mlmlmlm import checkpoint as C
 
-    changed = C.section_changes(C.load_checkpoint(run_dir / "checkpoint.pt").get("config"),
-                                cfg.to_dict(), C.WEIGHT_SECTIONS)
-    if changed:
-        old = run_dir.with_name(run_dir.name + ".superseded")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(run_dir, old)
-        print(f"{run_dir}: written with another configuration; moved to {old}, starting over")
+    moved = C.supersede_if_changed(run_dir, cfg.to_dict(), C.WEIGHT_SECTIONS)
+    if moved:
+        print(f"{run_dir}: written with another configuration; moved to {moved[0]}, "
+              "starting over")

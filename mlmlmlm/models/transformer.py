@@ -35,6 +35,12 @@ class TransformerConfig:
     the frame's n_q levels in that step). ``lookahead``: EMG frames past t that the prediction of
     frame t may see. ``cond_dropout``: probability that a training example's EMG is dropped (its
     queries see only the null key), so classifier-free guidance works at inference.
+
+    ``cross_causal`` False (the paper's TE1): in teacher forcing every audio position sees every
+    EMG frame of the crop, future ones included. Generation can only ever see the EMG appended so
+    far, so such a model is trained non-causally and run causally. ``bos``: a learned start
+    embedding at position -1 precedes every sequence and predicts the first frame, so generation
+    can start from EMG alone (``start``), without an audio prompt.
     """
 
     n_q: int = 4
@@ -52,6 +58,8 @@ class TransformerConfig:
     rope_base: float = 10000.0
     depth_layers: int = 2  # frame layout: depth transformer over the levels
     depth_d_model: int | None = None  # None: d_model
+    cross_causal: bool = True  # False: teacher forcing sees all EMG of the crop (TE1)
+    bos: bool = False  # learned start token at position -1 (generation without a prompt)
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -164,6 +172,7 @@ class GenerationCache:
     n_fed: int = 0  # audio positions fed
     n_frames: int = 0  # audio frames known (prompt + generated)
     pending: Tensor | None = None
+    bos_pending: bool = False  # the start token is fed (before ``pending``) by the next step
 
     def size(self) -> dict[str, int]:
         """Live entries and allocated slots of layer 0's buffers (every layer holds the same)."""
@@ -243,6 +252,8 @@ class TranslationTransformer(nn.Module):
                                     for _ in range(cfg.n_layers))
         self.norm_out = nn.RMSNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
+        if cfg.bos:
+            self.bos = nn.Parameter(torch.zeros(d))  # the start token's embedding (position -1)
         if cfg.layout == "flat":
             self.level_emb = nn.Embedding(cfg.n_q, d)
             self.head = nn.Linear(d, cfg.vocab_size, bias=False)  # rows q*K .. (q+1)*K-1: level q
@@ -251,6 +262,8 @@ class TranslationTransformer(nn.Module):
         self.apply(self._init_weights)
         if cfg.layout == "frame":
             nn.init.normal_(self.depth.head, std=0.02)
+        if cfg.bos:
+            nn.init.normal_(self.bos, std=0.02)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -275,12 +288,18 @@ class TranslationTransformer(nn.Module):
         """A window of ``frames`` frames in self-attention positions."""
         return None if frames is None else frames * (self.cfg.n_q if self.cfg.layout == "flat" else 1)
 
-    def _embed_audio(self, inp: Tensor, pos: Tensor) -> Tensor:
-        """Flat tokens [B, L] or frame codes [B, n_q, L] at positions ``pos`` [L] -> [B, L, d]."""
+    def _embed_audio(self, inp: Tensor, pos: Tensor, bos: bool = False) -> Tensor:
+        """Flat tokens [B, L] or frame codes [B, n_q, L] at positions ``pos`` [L] -> [B, L, d];
+        with ``bos`` the start embedding comes first: [B, 1 + L, d] (``pos`` then [1 + L])."""
+        tpos = pos[1:] if bos else pos
         if self.cfg.layout == "flat":
-            return self.audio_emb(inp) + self.level_emb(pos % self.cfg.n_q)
-        offsets = torch.arange(self.cfg.n_q, device=inp.device)[:, None] * self.cfg.codebook_size
-        return self.audio_emb(inp + offsets).sum(1)  # [B, n_q, L, d] -> [B, L, d]: sum of levels
+            x = self.audio_emb(inp) + self.level_emb(tpos % self.cfg.n_q)
+        else:
+            offsets = torch.arange(self.cfg.n_q, device=inp.device)[:, None] * self.cfg.codebook_size
+            x = self.audio_emb(inp + offsets).sum(1)  # [B, n_q, L, d] -> [B, L, d]: sum of levels
+        if bos:
+            x = torch.cat([self.bos.expand(x.shape[0], 1, -1), x], dim=1)
+        return x
 
     def _embed_emg(self, emg_codes: Tensor) -> Tensor:
         """EMG codes [B, n_qe, n] -> one embedding per EMG frame [B, n, d] (sum of its levels)."""
@@ -336,37 +355,47 @@ class TranslationTransformer(nn.Module):
             p = cfg.cond_dropout if self.training else 0.0
             drop_emg = torch.rand(B, device=dev) < p
         if cfg.layout == "flat":
-            inp, pos = flat_tokens(audio_codes, K), torch.arange(T * n_q, device=dev)
+            inp, L = flat_tokens(audio_codes, K), T * n_q
         else:
-            inp, pos = audio_codes, torch.arange(T, device=dev)
-        x = self._embed_audio(inp, pos)  # [B, L, d]
+            inp, L = audio_codes, T
+        b = int(cfg.bos)  # with a start token, position -1 holds it
+        pos = torch.arange(-b, L, device=dev)
+        x = self._embed_audio(inp, pos, bos=cfg.bos)  # [B, b + L, d]
         emg = self._embed_emg(emg_codes)  # [B, T_e, d]
         emg_pos = torch.arange(T_e, device=dev)
         emg_rope = self._rope(emg_pos, x.dtype)
         emg_kv = [block.emg_kv(emg, emg_rope) for block in self.blocks]
         mask = may_attend(pos, pos, 0, self._self_window(window))  # [L, L] causal
-        cross = may_attend(self._query_frames(pos), emg_pos, cfg.lookahead, window)  # [L, T_e]
-        cross = cross[None, None] & ~drop_emg[:, None, None, None]  # [B, 1, L, T_e]
-        h = self._trunk(x, pos, mask, cross, emg_kv)  # [B, L, d]
+        if cfg.cross_causal:
+            cross = may_attend(self._query_frames(pos), emg_pos, cfg.lookahead, window)  # [L, T_e]
+        else:  # TE1: every EMG frame of the crop, the future included
+            cross = torch.ones(len(pos), T_e, dtype=torch.bool, device=dev)
+        cross = cross[None, None] & ~drop_emg[:, None, None, None]  # [B, 1, b + L, T_e]
+        h = self._trunk(x, pos, mask, cross, emg_kv)  # [B, b + L, d]
+        h_bos, h = h[:, :b], h[:, b:]  # the start position predicts frame 0 (level 0 for flat)
 
         if cfg.layout == "flat":
             weight = self.head.weight.view(n_q, K, -1)  # [n_q, K, d]: level q's rows
             # position t * n_q + q predicts the next token, level (q + 1) % n_q
-            pos_logits = torch.einsum("btqd,qkd->btqk", h.view(B, T, n_q, -1),
+            pos_logits = torch.einsum("btqd,qkd->btqk", h.reshape(B, T, n_q, -1),
                                       weight.roll(-1, dims=0))  # [B, T, n_q, K]
             # shift by one so row i holds the logits *of* token i; token 0 is not predicted
-            logits = F.pad(pos_logits.reshape(B, T * n_q, K)[:, :-1], (0, 0, 1, 0))
+            first = h_bos @ weight[0].T if b else pos_logits.new_zeros(B, 1, K)  # [B, 1, K]
+            logits = torch.cat([first, pos_logits.reshape(B, T * n_q, K)[:, :-1]], dim=1)
             logits = logits.view(B, T, n_q, K).permute(0, 2, 1, 3)  # [B, n_q, T, K]
             valid = torch.ones(n_q, T, dtype=torch.bool, device=dev)
-            valid[0, 0] = False
+            valid[0, 0] = bool(b)
         else:
-            # position s predicts frame s + 1; its levels 0..n_q-2 feed the depth head
-            prev = audio_codes[:, :-1, 1:].permute(0, 2, 1).reshape(B * (T - 1), n_q - 1)
-            depth = self.depth(h[:, :-1].reshape(B * (T - 1), -1), prev)  # [B*(T-1), n_q, K]
-            depth = depth.view(B, T - 1, n_q, K).permute(0, 2, 1, 3)  # [B, n_q, T-1, K]
-            logits = F.pad(depth, (0, 0, 1, 0))  # [B, n_q, T, K]; frame 0 is not predicted
+            # position s predicts frame s + 1 (the start position -1: frame 0); the predicted
+            # frame's levels 0..n_q-2 feed the depth head
+            ctx = torch.cat([h_bos, h[:, :-1]], dim=1)  # [B, T - 1 + b, d]
+            F_ = T - 1 + b  # predicted frames: 1..T-1, or 0..T-1 with a start token
+            prev = audio_codes[:, :-1, 1 - b:].permute(0, 2, 1).reshape(B * F_, n_q - 1)
+            depth = self.depth(ctx.reshape(B * F_, -1), prev)  # [B*F_, n_q, K]
+            depth = depth.view(B, F_, n_q, K).permute(0, 2, 1, 3)  # [B, n_q, F_, K]
+            logits = F.pad(depth, (0, 0, 1 - b, 0))  # [B, n_q, T, K]; frame 0 only with bos
             valid = torch.ones(n_q, T, dtype=torch.bool, device=dev)
-            valid[:, 0] = False
+            valid[:, 0] = bool(b)
         return TransformerOutput(logits=logits, valid=valid, targets=audio_codes)
 
     def loss(self, out: TransformerOutput) -> TransformerLoss:
@@ -392,9 +421,13 @@ class TranslationTransformer(nn.Module):
         frames alone: deeper layers still carry what entered before the window."""
         if max_cache_frames is not None and max_cache_frames < 1:
             raise ValueError("max_cache_frames must be >= 1 or None")
-        n = self.cfg.n_layers
-        return GenerationCache(batch_size, guided, max_cache_frames,
-                               [KVBuffer() for _ in range(n)], [KVBuffer() for _ in range(n)])
+        n, b = self.cfg.n_layers, int(self.cfg.bos)
+        cache = GenerationCache(batch_size, guided, max_cache_frames,
+                                [KVBuffer() for _ in range(n)], [KVBuffer() for _ in range(n)],
+                                n_fed=-b, bos_pending=bool(b))
+        for buffer in cache.self_kv:  # self-attention positions start at the start token's -1
+            buffer.start = -b
+        return cache
 
     def frames_ready(self, cache: GenerationCache) -> int:
         """How many more frames ``step`` can produce with the EMG appended so far."""
@@ -427,10 +460,12 @@ class TranslationTransformer(nn.Module):
             buffer.drop_before(newest - W + 1)
 
     def _feed(self, cache: GenerationCache, inp: Tensor) -> Tensor:
-        """Run L new audio positions (flat tokens [rows, L] or frame codes [rows, n_q, L])
-        through the cached trunk; return the last position's hidden state [rows, d]."""
+        """Run L new audio positions (flat tokens [rows, L] or frame codes [rows, n_q, L], and
+        first the start token while it is pending) through the cached trunk; return the last
+        position's hidden state [rows, d]."""
         cfg, W = self.cfg, cache.max_cache_frames
-        L = inp.shape[-1]
+        bos, cache.bos_pending = cache.bos_pending, False
+        L = inp.shape[-1] + int(bos)
         pos = torch.arange(cache.n_fed, cache.n_fed + L, device=inp.device)
         frames = self._query_frames(pos)  # [L]
         oldest, newest = int(frames[0]) + cfg.lookahead, int(frames[-1]) + cfg.lookahead
@@ -445,7 +480,7 @@ class TranslationTransformer(nn.Module):
             first, n = spans[0][2], spans[0][0].shape[2]
             emg_pos = torch.arange(first, first + n, device=inp.device)
             cross = may_attend(frames, emg_pos, cfg.lookahead, W)  # [L, n]
-        x = self._embed_audio(inp, pos)  # [rows, L, d]
+        x = self._embed_audio(inp, pos, bos=bos)  # [rows, L, d]
         h = self._trunk(x, pos, mask, cross, [(k, v) for k, v, _ in spans], cache.self_kv)
         cache.n_fed += L
         self._forget(cache)
@@ -468,10 +503,21 @@ class TranslationTransformer(nn.Module):
             raise ValueError(f"prompt must be [{cache.batch_size}, {cfg.n_q}, P >= 1]")
         rows = torch.cat([prompt_codes, prompt_codes]) if cache.guided else prompt_codes
         inp = flat_tokens(rows, cfg.codebook_size) if cfg.layout == "flat" else rows
-        if inp.shape[-1] > 1:
-            self._feed(cache, inp[..., :-1])
+        if inp.shape[-1] > 1 or cache.bos_pending:
+            self._feed(cache, inp[..., :-1])  # the start token first, when the model has one
         cache.pending = inp[..., -1:]  # [rows, 1] or [rows, n_q, 1]
         cache.n_frames = prompt_codes.shape[2]
+
+    def start(self, cache: GenerationCache) -> None:
+        """Start without a prompt (``bos`` models only): the first ``step`` feeds the start token
+        and draws frame 0, which needs EMG through frame ``lookahead``."""
+        if not self.cfg.bos:
+            raise ValueError("starting without a prompt needs a model trained with bos=True")
+        if cache.n_frames or cache.pending is not None or not cache.bos_pending:
+            raise ValueError("start needs a fresh cache")
+        rows = cache.batch_size * (2 if cache.guided else 1)
+        shape = (rows, 0) if self.cfg.layout == "flat" else (rows, self.cfg.n_q, 0)
+        cache.pending = torch.zeros(shape, dtype=torch.long, device=self.audio_emb.weight.device)
 
     def _guide(self, logits: Tensor, B: int, guidance: float) -> Tensor:
         """Rows [cond; uncond] [2B, K] -> uncond + w (cond - uncond) [B, K]; w = 1 is cond."""
@@ -525,13 +571,19 @@ class TranslationTransformer(nn.Module):
                           frame=cache.n_frames - 1)
 
     @torch.inference_mode()
-    def generate(self, prompt_codes: Tensor, emg_codes: Tensor, n_frames: int,
+    def generate(self, prompt_codes: Tensor | None, emg_codes: Tensor, n_frames: int,
                  max_cache_frames: int | None = None, guidance: float = 1.0,
                  **sampling) -> Tensor:
         """Offline convenience: prompt [B, n_q, P] + EMG [B, emg_n_q, >= P + n_frames + lookahead]
-        -> codes [B, n_q, P + n_frames]. ``sampling``: temperature, top_k, top_p, generator."""
-        cache = self.new_cache(prompt_codes.shape[0], guidance != 1, max_cache_frames)
+        -> codes [B, n_q, P + n_frames]; prompt None (``bos`` models): [B, n_q, n_frames] from
+        EMG alone. ``sampling``: temperature, top_k, top_p, generator."""
+        B = emg_codes.shape[0] if prompt_codes is None else prompt_codes.shape[0]
+        cache = self.new_cache(B, guidance != 1, max_cache_frames)
         self.append_emg(cache, emg_codes)
-        self.prime(cache, prompt_codes)
+        if prompt_codes is None:
+            self.start(cache)
+        else:
+            self.prime(cache, prompt_codes)
         frames = [self.step(cache, guidance=guidance, **sampling).codes for _ in range(n_frames)]
-        return torch.cat([prompt_codes, *[f[:, :, None] for f in frames]], dim=2)
+        known = [] if prompt_codes is None else [prompt_codes]
+        return torch.cat([*known, *[f[:, :, None] for f in frames]], dim=2)

@@ -39,6 +39,7 @@ from mlmlmlm.config import (
     read_yaml,
 )
 from mlmlmlm.data.corpus import ensure_default
+from mlmlmlm.figures import FIGURE_DIR, results_figures
 from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table
 
 
@@ -228,8 +229,9 @@ def write_results(phase: str, root: Path | None = None) -> Path:
     """Regenerate ``book/<phase>/results.md`` from every run card of the phase.
 
     Columns come from the ``table:`` list in ``experiments/<phase>/base.yaml``
-    (``- {key: metrics.mrstft, label: MRSTFT}``); the paper's own values for the same rows follow
-    in a second table so the two can be read side by side.
+    (``- {key: metrics.mrstft, label: MRSTFT}``); the figures that compare the runs follow
+    (:func:`mlmlmlm.figures.results_figures`, drawn into ``book/<phase>/_figures/``), then the
+    paper's own values for the same rows in a second table so the two can be read side by side.
     """
     root = Path(root or REPO_ROOT)
     base = read_yaml(REPO_ROOT / "experiments" / phase / "base.yaml")
@@ -266,6 +268,7 @@ def write_results(phase: str, root: Path | None = None) -> Path:
         scales = sorted({c["scale"] for c in cards})
         lines += [f"## Our runs ({', '.join(scales)} scale)", "",
                   markdown_table(ours, _filled(ours, labels)), ""]
+        lines += results_figures(cards, root, root / "book" / phase)
         if len(_filled(paper, paper_labels)) > 1:
             lines += ["## The paper's values for the same rows", "",
                       (f"As reported in {base.get('paper_table', 'the paper')} "
@@ -296,7 +299,7 @@ def prepare_root(out: Path) -> Path:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(REPO_ROOT / name, out / name)
     shutil.copytree(REPO_ROOT / "book", out / "book", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("runs", "results.md", "_build"))
+                    ignore=shutil.ignore_patterns("runs", "results.md", "_build", FIGURE_DIR))
     return out
 
 

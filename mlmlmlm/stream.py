@@ -1,0 +1,438 @@
+"""Streaming translation: EMG chunks of any size in, viola audio out as soon as it is produced.
+
+Introduced in notebook 05_transformer; the live engine (mlmlmlm/live) drives a :class:`Translator`
+and ``mlmlmlm translate`` (:mod:`mlmlmlm.translate`) runs files through the same path.
+
+Timeline. EMG frame ``t`` and audio frame ``t`` cover the same time (the production codecs are
+aligned one to one: 256 audio samples at 22.05 kHz = 32 EMG samples at 2756.25 Hz). An audio
+prompt of ``P`` frames occupies audio frames ``0 .. P-1``; the EMG that went with it (the live
+engine's) or, by default, ``P`` frames of rest EMG (zeros) occupy EMG frames ``0 .. P-1``; the
+first EMG sample pushed after :meth:`Translator.start` begins frame ``P``, the first generated
+one. Audio frame ``t`` is generated as soon as EMG frame ``t + lookahead`` is complete, so the
+algorithmic latency is ``1 + lookahead`` frames (11.6 ms at the cpu scale), plus compute.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils import parametrize
+
+from mlmlmlm.data.preprocess import StreamingEmgFilter
+from mlmlmlm.models.codec import Codec
+from mlmlmlm.models.transformer import StepOutput, TranslationTransformer
+
+DEFAULT_WINDOW_S = 6.0  # sliding window over both caches: the paper's 6-s training windows
+MIN_PROMPT_FRAMES = 1  # the shortest prompt: one audio frame (the paper's 2048 samples)
+MAX_PIECE_FRAMES = 64  # a large push is worked through in pieces of this many EMG frames
+
+
+class StreamError(ValueError):
+    """A problem with what a translator was given (one line, no traceback needed)."""
+
+
+def inference_copy(codec: Codec) -> Codec:
+    """A frozen copy of a causal rvq codec for streaming: eval mode, no gradients, weight norm
+    folded into plain weights once (instead of recomputed at every chunk). The caller's codec
+    is left as it was; the copy's outputs equal the original's."""
+    cfg = codec.cfg
+    if not cfg.causal or cfg.bottleneck != "rvq":
+        raise StreamError(f"streaming translation needs causal rvq codecs (causal={cfg.causal}, "
+                          f"bottleneck={cfg.bottleneck!r})")
+    device = next(codec.parameters()).device
+    copy = Codec(cfg).to(device)
+    copy.load_state_dict(codec.state_dict())
+    for m in [m for m in copy.modules() if parametrize.is_parametrized(m)]:
+        for name in list(m.parametrizations.keys()):
+            parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+    return copy.eval().requires_grad_(False)
+
+
+class EmgPrep:
+    """Raw EMG chunks ``[C, n]`` at the EMG codec's rate -> what the codec was trained on: the
+    causal EMG filter (:class:`~mlmlmlm.data.preprocess.StreamingEmgFilter`, high-pass and mains
+    notch, state kept across chunks) and division by the corpus's per-channel ``scale`` [C]
+    (:func:`mlmlmlm.data.dataset.emg_scale`). The dataset filters at the recording's rate before
+    resampling; here the filter runs at the codec's rate (both stages lie far below its Nyquist)."""
+
+    def __init__(self, sr: float, scale: np.ndarray | None = None, *, highpass_hz: float = 1.0,
+                 mains_hz: float = 50.0):
+        self.filter = StreamingEmgFilter(sr, highpass_hz=highpass_hz, mains_hz=mains_hz)
+        self.scale = None if scale is None else np.asarray(scale, np.float32)[:, None]  # [C, 1]
+
+    def reset(self) -> None:
+        self.filter.reset()
+
+    def __call__(self, chunk: np.ndarray) -> np.ndarray:
+        y = self.filter(chunk)
+        return y if self.scale is None else y / self.scale
+
+
+class _Codes:
+    """Appended codes [n, k] blocks, compacted now and then: ~n int16 per frame, few objects."""
+
+    def __init__(self, n: int):
+        self.n, self.parts = n, []
+
+    def append(self, c: Tensor) -> None:  # [n, k]
+        self.parts.append(c.to("cpu", torch.int16).numpy())
+        if len(self.parts) > 256:
+            self.parts = [np.concatenate(self.parts, axis=1)]
+
+    def array(self) -> np.ndarray:  # [n, frames] int64
+        return np.concatenate([np.zeros((self.n, 0), np.int16), *self.parts], axis=1).astype(int)
+
+
+class Translator:
+    """EMG in, audio out, chunk by chunk, for as long as the EMG lasts.
+
+    Parameters
+    ----------
+    model : TranslationTransformer in eval mode; its levels and codebooks match the codecs'.
+    audio_codec, emg_codec : causal rvq codecs with equal frame rates (copied, see
+        :func:`inference_copy`; the originals are not touched).
+    temperature, top_k, top_p : sampling (:func:`~mlmlmlm.models.transformer.sample_logits`);
+        temperature 0 is argmax. Plain attributes: they may change between pushes.
+    guidance : classifier-free guidance weight w: logits uncond + w (cond - uncond), the
+        unconditional path being the EMG-dropped model. w = 1 (default) runs no extra pass; any
+        other weight fixed at :meth:`start` doubles the rows and may then change freely.
+    seed : the sampling generator's seed, re-applied at every :meth:`start`: the same EMG gives
+        the same audio whatever its chunking.
+    max_cache_frames : sliding window W over both caches (self-attention and EMG K/V): memory and
+        per-frame time stay bounded for any length. None: 6 s of frames (516 at the cpu scale).
+    min_prompt_frames : the shortest accepted prompt, in audio frames (see
+        :attr:`min_prompt_samples`).
+    emg_prep : called on every pushed chunk [C, n] before the codec (e.g. :class:`EmgPrep`);
+        None when the EMG arrives prepared (filtered and scaled as in training).
+
+    Attributes
+    ----------
+    frame_times : list of float, seconds of compute per generated frame: the EMG encoding and
+        appending of the push that made it ready (the first frame of a push carries it), its
+        transformer step and its audio decoding. :attr:`start_seconds` holds the priming.
+    on_step : None or a callable given each frame's :class:`StepOutput` (logits, codes).
+    """
+
+    def __init__(self, model: TranslationTransformer, audio_codec: Codec, emg_codec: Codec, *,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 guidance: float = 1.0, seed: int = 0, max_cache_frames: int | None = None,
+                 min_prompt_frames: int = MIN_PROMPT_FRAMES,
+                 emg_prep: Callable[[np.ndarray], np.ndarray] | None = None):
+        check_compatible(model, audio_codec, emg_codec)
+        if model.training:
+            raise StreamError("the translation model must be in eval mode (model.eval())")
+        self.model = model
+        self.audio_codec, self.emg_codec = inference_copy(audio_codec), inference_copy(emg_codec)
+        self.device = next(model.parameters()).device
+        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+        self._guidance = float(guidance)
+        W = max_cache_frames or round(DEFAULT_WINDOW_S * self.frame_rate)
+        if W < 1:
+            raise StreamError(f"max_cache_frames must be >= 1, got {max_cache_frames}")
+        self.max_cache_frames = W
+        if min_prompt_frames < 1:
+            raise StreamError("min_prompt_frames must be >= 1")
+        self.min_prompt_frames, self.emg_prep = min_prompt_frames, emg_prep
+        self.on_step: Callable[[StepOutput], None] | None = None
+        self.reset()
+
+    @classmethod
+    def from_run(cls, run_dir, **kw) -> Translator:
+        """A translator from a trained 05_transformer run folder (the codecs it was trained on
+        are found through its checkpoint; see ``recipes.transformer.load_translation``)."""
+        from mlmlmlm.recipes.transformer import load_translation
+
+        model, _cfg, audio_codec, emg_codec = load_translation(run_dir)
+        return cls(model, audio_codec, emg_codec, **kw)
+
+    # ---- rates and sizes ------------------------------------------------------------------------
+
+    @property
+    def audio_sr(self) -> float:
+        return float(self.audio_codec.cfg.sample_rate)
+
+    @property
+    def emg_sr(self) -> float:
+        return float(self.emg_codec.cfg.sample_rate)
+
+    @property
+    def audio_hop(self) -> int:
+        return self.audio_codec.cfg.hop
+
+    @property
+    def emg_hop(self) -> int:
+        return self.emg_codec.cfg.hop
+
+    @property
+    def emg_channels(self) -> int:
+        return self.emg_codec.cfg.in_channels
+
+    @property
+    def frame_rate(self) -> float:
+        return self.audio_codec.cfg.frame_rate
+
+    @property
+    def lookahead(self) -> int:
+        return self.model.cfg.lookahead
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency: an EMG frame must be complete, and ``lookahead`` more after it,
+        before its audio frame is generated: ``(1 + lookahead)`` frames. Compute comes on top
+        (:attr:`frame_times`); the causal audio decoder adds no delay."""
+        return 1000.0 * (1 + self.lookahead) / self.frame_rate
+
+    @property
+    def min_prompt_samples(self) -> int:
+        """The shortest prompt at the audio codec's rate: ``min_prompt_frames`` hops (1 hop:
+        2048 samples = 46 ms at the paper scale, 256 samples = 11.6 ms at the cpu scale)."""
+        return self.min_prompt_frames * self.audio_hop
+
+    @property
+    def guidance(self) -> float:
+        return self._guidance
+
+    @guidance.setter
+    def guidance(self, w: float) -> None:
+        if w != 1 and self.cache is not None and not self.cache.guided:
+            raise StreamError("this stream started with guidance 1 (no unconditional pass); set "
+                              "the guidance weight before start()")
+        self._guidance = float(w)
+
+    @property
+    def n_frames(self) -> int:
+        """Audio frames known so far (prompt + generated)."""
+        return 0 if self.cache is None else self.cache.n_frames
+
+    def generated_codes(self) -> np.ndarray:
+        """Codes of the generated frames [n_q, frames] (int, 0 .. codebook_size - 1)."""
+        return self._codes.array()
+
+    def emg_codes(self) -> np.ndarray:
+        """EMG codes appended so far [emg_n_q, frames], the prompt's included."""
+        return self._emg_codes.array()
+
+    # ---- the stream -----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the stream (caches, codec states, codes, times); :meth:`start` begins anew."""
+        self.cache = None
+        self.prompt_frames = 0
+        self._primed = self._finished = False
+        self._prompt: Tensor | None = None
+        self._carry = 0.0  # compute not yet attributed to a frame
+        self._emg_samples = 0  # EMG samples given to the codec, the prompt's included
+        self.frame_times: list[float] = []
+        self.start_seconds = 0.0
+        self._codes = _Codes(self.model.cfg.n_q)
+        self._emg_codes = _Codes(self.model.cfg.emg_n_q)
+        self.audio_codec.reset_stream()
+        self.emg_codec.reset_stream()
+        if hasattr(self.emg_prep, "reset"):
+            self.emg_prep.reset()
+
+    @torch.inference_mode()
+    def start(self, prompt_audio: np.ndarray | None = None,
+              prompt_emg: np.ndarray | None = None) -> np.ndarray:
+        """Begin a phrase.
+
+        Parameters
+        ----------
+        prompt_audio : float array [n] (or [1, n]) at :attr:`audio_sr`, n >= :attr:`min_prompt_samples`;
+            its last ``P = n // audio_hop`` whole frames become the start tokens. None: start from
+            EMG alone (only a model trained with a learned start token, ``bos``).
+        prompt_emg : float array [C, m] at :attr:`emg_sr`, the EMG recorded with the prompt,
+            m >= P * emg_hop (its last P frames are used, through ``emg_prep``). None: P frames of
+            rest EMG (zeros).
+
+        Returns
+        -------
+        np.ndarray float32 [P * audio_hop]: the prompt as the audio codec resynthesises it (its
+        decoding warms the streaming decoder, so the first generated frame joins without a click).
+        """
+        t0 = time.perf_counter()
+        self.reset()
+        cfg = self.model.cfg
+        self.cache = self.model.new_cache(1, guided=self.guidance != 1,
+                                          max_cache_frames=self.max_cache_frames)
+        self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        if prompt_audio is None:
+            if not cfg.bos:
+                raise StreamError(
+                    "this model has no learned start token (bos; a te2_bos run): start() needs an "
+                    f"audio prompt of at least {self.min_prompt_samples} samples")
+            if prompt_emg is not None:
+                raise StreamError("prompt_emg goes with an audio prompt")
+            self.model.start(self.cache)
+            self._primed = True
+            self.start_seconds = time.perf_counter() - t0
+            return np.zeros(0, np.float32)
+        audio = np.asarray(prompt_audio, np.float32).reshape(-1)
+        check_finite(audio, "prompt audio")
+        if audio.size < self.min_prompt_samples:
+            raise StreamError(
+                f"the prompt is {audio.size} samples ({1000 * audio.size / self.audio_sr:.1f} ms); "
+                f"the minimum is {self.min_prompt_samples} samples "
+                f"({1000 * self.min_prompt_samples / self.audio_sr:.1f} ms, "
+                f"{self.min_prompt_frames} frame(s) of {self.audio_hop} at {self.audio_sr:g} Hz)")
+        P = audio.size // self.audio_hop
+        x = torch.from_numpy(audio[audio.size - P * self.audio_hop:]).to(self.device)
+        prompt = self.audio_codec.encode(x[None, None]).codes  # [1, n_q, P], causal: no padding
+        self.audio_codec.reset_stream()
+        resynth = self.audio_codec.decode_codes_stream(prompt)  # [1, 1, P * hop]
+        if prompt_emg is None:  # rest EMG: already "prepared", so it bypasses emg_prep
+            emg = np.zeros((self.emg_channels, P * self.emg_hop), np.float32)
+        else:
+            emg = self._check_emg(prompt_emg, "prompt EMG")
+            if emg.shape[1] < P * self.emg_hop:
+                raise StreamError(f"the prompt EMG has {emg.shape[1]} samples; the prompt's {P} "
+                                  f"frames need {P * self.emg_hop}")
+            emg = emg[:, emg.shape[1] - P * self.emg_hop:]
+            emg = self.emg_prep(emg) if self.emg_prep is not None else emg
+        self._prompt, self.prompt_frames = prompt, P
+        self._append(emg)  # primes as soon as EMG through frame P - 1 + lookahead is there
+        self.start_seconds = time.perf_counter() - t0
+        return resynth[0, 0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def push_emg(self, emg: np.ndarray) -> np.ndarray:
+        """Feed the next EMG samples and return the audio they let the model produce.
+
+        Parameters
+        ----------
+        emg : float array [C, n] at :attr:`emg_sr`, any n >= 0. Samples wait until they complete
+            a frame; each new EMG frame is encoded once through the causal EMG codec and its
+            cross-attention keys/values appended (never recomputed).
+
+        Returns
+        -------
+        np.ndarray float32 [m]: every audio sample decoded during this call (m a multiple of
+        :attr:`audio_hop`, often 0 for short chunks).
+        """
+        if self.cache is None or self._finished:
+            raise StreamError("call start() before push_emg()" if self.cache is None else
+                              "this stream was flushed; call start() for a new one")
+        emg = self._check_emg(emg, "EMG")
+        if self.emg_prep is not None and emg.shape[1]:
+            emg = self.emg_prep(emg)
+        piece, out = MAX_PIECE_FRAMES * self.emg_hop, []
+        for i in range(0, emg.shape[1], piece):  # bounded memory for one huge push
+            t0 = time.perf_counter()
+            self._append(emg[:, i:i + piece])
+            self._carry += time.perf_counter() - t0
+            out.extend(self._generate())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def flush(self) -> np.ndarray:
+        """End the stream: complete the last partial EMG frame and the ``lookahead`` frames after
+        it with zeros (as the offline codec pads), generate what that allows, return its audio.
+        Afterwards the translator takes no more EMG until the next :meth:`start`."""
+        if self.cache is None or self._finished:
+            return np.zeros(0, np.float32)
+        n = -self._emg_samples % self.emg_hop  # samples that complete the waiting frame
+        tail = np.zeros((self.emg_channels, n + self.lookahead * self.emg_hop), np.float32)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self._append(tail)  # zeros bypass emg_prep: the end of the prepared signal
+            self._carry += time.perf_counter() - t0
+            out = self._generate()
+        self._finished = True
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    # ---- inside ---------------------------------------------------------------------------------
+
+    def _check_emg(self, emg: np.ndarray, what: str) -> np.ndarray:
+        emg = np.asarray(emg, np.float32)
+        if emg.ndim != 2 or emg.shape[0] != self.emg_channels:
+            raise StreamError(f"{what} must be [{self.emg_channels}, n] at {self.emg_sr:g} Hz, "
+                              f"got shape {list(emg.shape)}")
+        check_finite(emg, what)
+        return emg
+
+    def _append(self, emg: np.ndarray) -> None:
+        """Prepared EMG [C, n] -> the frames it completes, encoded and appended to the cache."""
+        x = torch.from_numpy(np.ascontiguousarray(emg)).to(self.device)
+        self._emg_samples += emg.shape[1]
+        codes = self.emg_codec.encode_stream(x[None]).codes  # [1, emg_n_q, k], k >= 0
+        if codes.shape[2]:
+            self.model.append_emg(self.cache, codes)
+            self._emg_codes.append(codes[0])
+        self._prime_when_ready()
+
+    def _prime_when_ready(self) -> None:
+        # the prompt's positions predict frames 1 .. P-1 (+ lookahead): prime waits for that EMG
+        if not self._primed and self.cache.n_emg >= self.prompt_frames + self.lookahead:
+            t0 = time.perf_counter()
+            self.model.prime(self.cache, self._prompt)
+            self._primed = True
+            self.start_seconds += time.perf_counter() - t0
+
+    def _generate(self) -> list[np.ndarray]:
+        """Every frame the appended EMG allows: step, decode, time; its audio chunks [hop]."""
+        out = []
+        while self._primed and self.model.frames_ready(self.cache):
+            t0 = time.perf_counter()
+            step = self.model.step(self.cache, temperature=self.temperature, top_k=self.top_k,
+                                   top_p=self.top_p, guidance=self.guidance,
+                                   generator=self.generator)
+            wav = self.audio_codec.decode_codes_stream(step.codes[:, :, None])  # [1, 1, hop]
+            out.append(wav[0, 0].float().cpu().numpy())
+            self._codes.append(step.codes.T)  # [n_q, 1]
+            self.frame_times.append(time.perf_counter() - t0 + self._carry)
+            self._carry = 0.0
+            if self.on_step is not None:
+                self.on_step(step)
+        return out
+
+
+def check_finite(x: np.ndarray, what: str) -> None:
+    if not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise StreamError(f"{what} holds NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+
+
+def check_compatible(model: TranslationTransformer, audio_codec: Codec, emg_codec: Codec) -> None:
+    """Raise :class:`StreamError` naming the first mismatch between the model and its codecs."""
+    m, a, e = model.cfg, audio_codec.cfg, emg_codec.cfg
+    pairs = [("audio levels n_q", m.n_q, a.n_q), ("audio codebook", m.codebook_size, a.codebook_size),
+             ("EMG levels n_q", m.emg_n_q, e.n_q), ("EMG codebook", m.emg_codebook_size, e.codebook_size)]
+    for what, mine, theirs in pairs:
+        if mine != theirs:
+            raise StreamError(f"the transformer's {what} is {mine} but the codec's is {theirs}")
+    if a.in_channels != 1:
+        raise StreamError(f"the audio codec must be mono, it has {a.in_channels} channels")
+    if abs(a.frame_rate - e.frame_rate) > 1e-9 * a.frame_rate:
+        raise StreamError(f"audio frames ({a.frame_rate:.4f}/s) and EMG frames "
+                          f"({e.frame_rate:.4f}/s) do not align one to one")
+
+
+def streaming_rtf(translator: Translator, emg: np.ndarray, prompt: np.ndarray | None,
+                  chunk: int | None = None) -> dict:
+    """Run ``emg`` [C, n] through a translator started from ``prompt`` in chunks of ``chunk``
+    EMG samples (default one EMG hop, as a live board delivers) and summarise its compute.
+
+    Returns
+    -------
+    dict: ``rtf`` (compute over the audio duration produced), ``p50``, ``p99``, ``max``
+    (per-frame compute, seconds), ``frames``, ``frame_period_s``, ``wall_rtf`` (the whole push
+    loop by the clock) and ``start_s`` (encoding and priming the prompt).
+    """
+    chunk = chunk or translator.emg_hop
+    translator.start(prompt)
+    t0 = time.perf_counter()
+    for i in range(0, emg.shape[1], chunk):
+        translator.push_emg(emg[:, i:i + chunk])
+    wall = time.perf_counter() - t0
+    times = np.asarray(translator.frame_times)
+    if not times.size:
+        raise StreamError("no frame was generated: the EMG is shorter than one frame + lookahead")
+    period = 1.0 / translator.frame_rate
+    p50, p99 = np.percentile(times, [50, 99])
+    return {"rtf": float(times.sum() / (times.size * period)), "p50": float(p50),
+            "p99": float(p99), "max": float(times.max()), "frames": int(times.size),
+            "frame_period_s": period, "wall_rtf": wall / (times.size * period),
+            "start_s": translator.start_seconds}

@@ -1,14 +1,23 @@
 # Two commands set everything up on a fresh Debian machine with Python 3.11:
 #   make book   build the corpus, run every experiment (cpu scale), build the Jupyter Book
 #   make test   install and run the whole pytest suite
+# and one publishes what `make book` built:
+#   make publish   push _build/html to the gh-pages branch (GitHub Pages serves it)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages: the sampled viola (FluidR3), Chromium for the browser tests, libsndfile.
+# (CI on Ubuntu passes its own list: its runner has Chrome and chromedriver already.)
 APT_PACKAGES := fluid-soundfont-gm chromium chromium-driver libsndfile1
+# Where pip finds the torch wheel: empty = the configured index (the CPU wheel on our machines);
+# CI points it at PyTorch's CPU-only index so that no CUDA build is pulled.
+TORCH_INDEX ?=
+# What `make publish` pushes, and where to.
+HTML   ?= _build/html
+REMOTE ?= origin
 
-.PHONY: install book test lab smoke bench clean-book notebooks
+.PHONY: install book test lab smoke bench clean-book notebooks publish
 
 install: $(STAMP)
 
@@ -17,8 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU wheel of torch first, pinned, so nothing pulls the CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,lab]'
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e '.[test,lab,docs]'
 	# tinysoundfont declares pyaudio (PortAudio) only for playback; biosignalsnotebooks is read
 	# for its PLUX EMG files only (with h5py) and its own import is broken; pybela (the Bela
 	# client) pins numpy==1.26.0 and bokeh==2.4.3 exactly, though its code runs on numpy 2: its
@@ -42,7 +51,16 @@ lab: install
 	$(BIN)/jupyter lab notebooks/
 
 clean-book:
-	rm -rf _build book/*/runs book/*/results.md
+	rm -rf _build book/*/runs book/*/results.md book/*/_figures
+
+# The built book to the gh-pages branch of $(REMOTE), replacing what was there (ghp-import;
+# .nojekyll so that GitHub Pages serves Sphinx's _static/ folders). Not part of `make book`:
+# publishing is a choice. Refuses in one line when there is no built book.
+publish:
+	@test -f $(HTML)/index.html || { echo "make publish: no built book in $(HTML)/ (run make book first)" >&2; exit 1; }
+	@test -x $(BIN)/ghp-import || { echo "make publish: $(BIN)/ghp-import is missing (run make install)" >&2; exit 1; }
+	$(BIN)/ghp-import --no-jekyll --force --push --remote $(REMOTE) --branch gh-pages \
+	  --message "Book built from $$(git rev-parse --short HEAD 2>/dev/null || echo 'no commit')" $(HTML)
 
 # Regenerate each .ipynb from its py:percent source (outputs stripped), keeping pairs in sync.
 notebooks: install

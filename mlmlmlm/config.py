@@ -85,7 +85,11 @@ KINDS: dict[str, dict[str, str]] = {
     "codec": {**_COMMON, "model": "mlmlmlm.models.codec:CodecConfig",
               "loss": "mlmlmlm.losses:LossConfig", "train": "mlmlmlm.train:TrainConfig"},
     "transformer": {**_COMMON, "model": "mlmlmlm.models.transformer:TransformerConfig",
-                    "train": "mlmlmlm.train:TrainConfig"},
+                    "train": "mlmlmlm.train:TrainConfig",
+                    # token crops; the frozen codecs by name; generation defaults
+                    "data": "mlmlmlm.data.tokens:TokenDataConfig",
+                    "codecs": "mlmlmlm.data.tokens:CodecsConfig",
+                    "generate": "mlmlmlm.recipes.transformer:GenerateConfig"},
 }
 DEFAULT_KIND = "codec"  # configs saved before `kind:` existed are codec runs
 

@@ -53,7 +53,9 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, lr: float):
         # lr peaks at update index warm - 1 (pct_start = warm / total); cycle_momentum (the
         # PyTorch default) moves Adam's beta1 between 0.85 and 0.95, overriding betas[0].
         total = max(cfg.max_steps, 2)
-        pct = min(max(warm, 1) / total, 0.99)
+        # at least 2 warm-up steps: with pct_start * total == 1 PyTorch's first phase is empty
+        # (a division by zero at the first step)
+        pct = min(max(warm, 2) / total, 0.99)
         return torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=pct)
 
     peak = max(warm - 1, 0)  # index of the first update at the full lr

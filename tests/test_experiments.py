@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from mlmlmlm.config import list_runs, load_run_config
+from mlmlmlm.config import list_runs, load_run_config, merged_dict
 from mlmlmlm.recipes import codec as recipe
 
-CODEC_RUNS = [r for r in list_runs() if not r.startswith("01_")]
+CODEC_RUNS = [r for r in list_runs() if merged_dict(r, "smoke").get("kind") == "codec"]
 
 
 @pytest.mark.parametrize("run", CODEC_RUNS)

@@ -17,7 +17,7 @@ from typing import Any
 from mlmlmlm.config import ConfigError, RunConfig, load_run_config
 
 # kind -> recipe module; a kind without one has nothing to train
-RECIPES = {"codec": "mlmlmlm.recipes.codec"}
+RECIPES = {"codec": "mlmlmlm.recipes.codec", "transformer": "mlmlmlm.recipes.transformer"}
 
 
 def recipe(cfg: RunConfig) -> ModuleType:

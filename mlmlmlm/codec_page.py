@@ -29,12 +29,56 @@ def _md(text: str) -> None:
     _show(Markdown(text))
 
 
+# The model table's rows, as a reader names them: the architecture's config keys
+# (CodecConfig), then the sizes and timings of Codec.describe(). A key that does not apply to
+# this codec (the codebooks of a VAE, the latency of a centred codec) is left out.
+MODEL_ROWS = {
+    "bottleneck": "bottleneck",
+    "in_channels": "input channels",
+    "channels": "base channels",
+    "c_mults": "channel multipliers",
+    "strides": "strides (per encoder block)",
+    "latent_dim": "latent dimension",
+    "n_q": "RVQ levels",
+    "codebook_size": "codebook size",
+    "kl_beta": "KL weight β",
+    "params": "parameters",
+    "sample_rate": "sample rate (Hz)",
+    "hop": "hop (samples per latent frame)",
+    "frame_rate_hz": "latent frame rate (Hz)",
+    "receptive_field_samples": "encoder receptive field (samples)",
+    "receptive_field_ms": "encoder receptive field (ms)",
+    "decoder_receptive_field_frames": "decoder receptive field (latent frames)",
+    "causal": "padding",
+    "latency_ms": "algorithmic latency (ms)",
+}
+_RVQ_ONLY, _VAE_ONLY = ("n_q", "codebook_size"), ("kl_beta",)
+
+
+def model_rows(desc: dict) -> list[dict]:
+    """``[{"property": label, "value": v}]`` for :data:`MODEL_ROWS` from ``Codec.describe()``:
+    lists read as ``1, 2, 4``; numbers are left to :func:`mlmlmlm.report.markdown_table`."""
+    arch = desc.get("config") or {}
+    skip = _RVQ_ONLY if desc.get("bottleneck") != "rvq" else _VAE_ONLY
+    rows = []
+    for key, label in MODEL_ROWS.items():
+        value = desc[key] if key in desc else arch.get(key)
+        if value is None or key in skip:
+            continue
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        elif key == "causal":
+            value = "causal (streams chunk by chunk)" if value else "centred (offline only)"
+        rows.append({"property": label, "value": value})
+    return rows
+
+
 def model_section(s: Setup) -> dict:
     """Show the run's title, description and the model's size, hop and receptive field."""
     cfg = s.cfg
     _md(f"**{cfg.title}** ({cfg.scale} scale). {cfg.description}")
     desc = recipe.build_codec(cfg).describe()
-    _md(report.markdown_table([desc]))
+    _md(report.markdown_table(model_rows(desc)))
     return desc
 
 

@@ -63,6 +63,7 @@ def setup(run: str, scale: str, smoke: bool, config: dict, run_dir: str, data_ro
     params = dict(run=run, scale=scale, smoke=smoke, config=config, run_dir=run_dir,
                   data_root=data_root, **unknown)
     check_parameters(params)
+    text_progress_bars()
     scale = "smoke" if smoke else scale
     cfg = config_from_dict(config, source="papermill parameters") if config else \
         load_run_config(run, scale)
@@ -84,6 +85,21 @@ def setup(run: str, scale: str, smoke: bool, config: dict, run_dir: str, data_ro
     seed_everything(_seed_of(cfg))
     _style()
     return Setup(cfg=cfg, run_dir=rd, data_root=dr, smoke=smoke)
+
+
+def text_progress_bars() -> None:
+    """Settle ``tqdm.auto`` quietly before anything imports it. In a kernel without ipywidgets
+    (the runbook's papermill kernel), its first import warns "IProgress not found" (pooch, which
+    librosa loads for its pitch tracker, imports it in the evaluation), and the warning lands on
+    the run page. Imported here with that one warning ignored, it falls back to tqdm's text bars
+    for the whole session; where ipywidgets is installed it picks the widget bars, as before."""
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+        import tqdm.autonotebook  # noqa: F401
 
 
 def _seed_of(cfg: RunConfig) -> int:

@@ -217,6 +217,8 @@ CODE_BEFORE_RESULTS = """
 
 REPRS = ("PosixPath(", "WindowsPath(", "tensor(", "<mlmlmlm.", " object at 0x",
          "<IPython.core.display")
+# warnings a reader should never meet (tqdm's, in a kernel without ipywidgets)
+WARNINGS = ("IProgress not found", "TqdmWarning")
 
 
 def test_every_page_reads_like_a_research_book(smoke_book, browser):
@@ -241,6 +243,7 @@ def test_every_page_reads_like_a_research_book(smoke_book, browser):
         problems += [f"{page}: build-machine path {m!r}" for m in machine if m in source]
         text = browser.execute_script("return document.body.textContent")
         problems += [f"{page}: Python repr {r!r}" for r in REPRS if r in text]
+        problems += [f"{page}: warning {w!r}" for w in WARNINGS if w in text]
         states = browser.execute_async_script(LOAD_AUDIO)
         problems += [f"{page}: audio {i} did not load ({s})" for i, s in enumerate(states)
                      if not s["ok"] or not s["d"] > 0]

@@ -111,6 +111,7 @@ def compare_figure(cards: Sequence[dict]):
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
 
     rows = rows_of(cards)
     panels = panels_for(rows)
@@ -138,13 +139,15 @@ def compare_figure(cards: Sequence[dict]):
         vals = [r.values[key] for r in rows]
         top = max([v for v in vals if v is not None] + [1e-12])
         for i, (r, v) in enumerate(zip(rows, vals)):
-            if v is None:
-                ax.text(0, i, " n/a", va="center", color=NO_VERDICT, fontsize=7)
+            if v is None:  # just inside the panel's left edge, whatever its x range
+                ax.text(0.02, i, "n/a", va="center", color=NO_VERDICT, fontsize=7,
+                        transform=blended_transform_factory(ax.transAxes, ax.transData))
                 continue
             ax.barh(i, v, color=r.colour, height=0.65)
             ax.text(v, i, " " + fmt(v), va="center", fontsize=7)
         if key.startswith("identifiability"):
             ax.set_xlim(0, 1.25)  # room for the value labels
+            ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
             thr = next((r.threshold for r in rows if r.threshold is not None), None)
             chance = next((r.chance for r in rows if r.chance is not None), None)
             if thr is not None:

@@ -60,7 +60,7 @@ def test_compare_figure_draws_each_value_and_marks_both_verdicts():
     assert [p.get_width() for p in ident.patches] == [0.25, 0.75, 0.5]
     assert [line.get_xdata()[0] for line in ident.lines] == [0.5, pytest.approx(1 / 64)]
     assert [p.get_width() for p in f0.patches] == [80.0, 20.0]
-    assert " n/a" in [t.get_text() for t in f0.texts]
+    assert "n/a" in [t.get_text() for t in f0.texts]
     assert ident.get_title() == "identifiability (audio) ↑" and f0.get_title().endswith("↓")
 
 

@@ -9,7 +9,9 @@ Introduced in notebook 01_dataset (README shows each command).
     mlmlmlm data build [--out data/default] [--minutes N] [--seed S] [--smoke]
     mlmlmlm train <phase>/<run> [--scale cpu|paper|smoke] [--run-dir DIR] [--data-root DIR]
                   [--set KEY=VALUE ...] [--eval] [--force]     (no notebook; torchrun-able)
-    mlmlmlm bench codec [--json]
+    mlmlmlm bench codec|stream [--json] [--run <phase>/<run>]
+    mlmlmlm live --emg bela[:HOST]|file:PATH|emulator --audio-in device|file:PATH
+                 --out device|file:PATH --threshold-db X --run <phase>/<run> [--record DIR]
 """
 
 from __future__ import annotations
@@ -68,8 +70,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="start over when the run dir holds a checkpoint of another configuration")
 
     be = sub.add_parser("bench", help="benchmarks that print JSON")
-    be.add_argument("what", choices=["codec"])
+    be.add_argument("what", choices=["codec", "stream"])
     be.add_argument("--json", action="store_true", help="print JSON only")
+    be.add_argument("--run", help="stream: a trained translation run (default: random weights)")
+    be.add_argument("--seconds", type=float, default=60.0,
+                    help="stream: length of the end-to-end run (>= 60 for the underrun count)")
+
+    from mlmlmlm.live.app import add_arguments
+
+    add_arguments(sub.add_parser("live", help="the live instrument: EMG in, viola out"))
     return p
 
 
@@ -153,10 +162,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         if out is not None:  # None on the non-main ranks of torchrun
             print(json.dumps(out))
         return 0
-    if args.cmd == "bench":
-        from mlmlmlm.bench import bench_codec
+    if args.cmd == "live":
+        from mlmlmlm.live.app import run_live
 
-        out = bench_codec()
+        return run_live(args)
+    if args.cmd == "bench":
+        from mlmlmlm import bench
+
+        out = bench.bench_codec() if args.what == "codec" else bench.bench_stream(
+            args.run, seconds=args.seconds)
         print(json.dumps(out, indent=None if args.json else 2))
         return 0
     raise AssertionError(args.cmd)

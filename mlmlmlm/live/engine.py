@@ -120,7 +120,7 @@ class Engine:
         self.compute_ms: deque = deque(maxlen=20000)  # per translator push
         self._make_output, self.out = make_output, None
         self._offsets: deque = deque()  # (arrival, offset in output samples)
-        self._resume = False
+        self._resume = self._resume_pending = False
         self.audio_ended = self.emg_ended = False
         self._busy = deque(maxlen=200)  # (t, seconds of compute) for the load meter
         self._worker: threading.Thread | None = None
@@ -225,6 +225,9 @@ class Engine:
             self._end_phrase("emg dropout")
         if not c.repaired.shape[1]:
             return
+        if self._resume_pending:
+            self._resume_pending = False
+            self._begin_phrase("resume")
         if self.rec is not None:
             self.rec.emg(c.repaired, src_sr)
         st.emg_level_db = [level_db(p) for p in np.mean(c.repaired.astype(np.float64) ** 2, 1)]
@@ -257,8 +260,8 @@ class Engine:
         self._event(f"emg_{ev.kind}", message=ev.message)
         if ev.kind == "connected":
             self.stats.connects += 1
-            if self._resume and not self.trigger.silent:
-                self._begin_phrase("resume")
+            # the phrase resumes with the first block after the reconnect (which shows the gap)
+            self._resume_pending = self._resume and not self.trigger.silent
             self._resume = False
         elif ev.kind == "disconnected":
             self.stats.disconnects += 1

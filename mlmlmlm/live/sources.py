@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ class EmgBlock:
 
 @dataclass
 class SourceEvent:
-    """``kind``: connected | disconnected | ended | error; ``message`` one line."""
+    """``kind``: connected | disconnected | ended | stopped | error; ``message`` one line."""
 
     kind: str
     message: str = ""
@@ -102,8 +103,9 @@ class BelaEmgSource:
 
     def __init__(self, host: str = BELA_DEFAULT_HOST, port: int = DEFAULT_PORT,
                  names=DEFAULT_NAMES, connect_timeout: float = 3.0, stall_s: float = 1.0,
-                 retry_s: float = 0.5) -> None:
+                 retry_s: float = 0.5, quiet: bool = False) -> None:
         self.host, self.port, self.names = host, int(port), tuple(names)
+        self.quiet = quiet  # silence pybela's own "Connection successful" / "Started" lines
         self.connect_timeout, self.stall_s, self.retry_s = connect_timeout, stall_s, retry_s
         self.sr: float | None = None  # known after the first connect
         self.connects = 0
@@ -145,6 +147,12 @@ class BelaEmgSource:
     def _run(self, sink: Sink) -> None:
         import pybela
 
+        if self.quiet:  # pybela prints progress to stdout, over the engine's status line
+            for mod in (sys.modules.get("pybela.Streamer"), sys.modules.get("pybela.Watcher")):
+                for name in ("_print_ok", "_print_info"):
+                    if hasattr(mod, name):
+                        setattr(mod, name, lambda *a, **k: None)
+
         url = f"ws://{self.host}:{self.port}"
         while not self._stop.is_set():
             s = None
@@ -167,7 +175,8 @@ class BelaEmgSource:
                 self._connected.set()
                 sink(SourceEvent("connected", f"{url} ({s.project_name}, {self.sr:g} Hz)"))
                 why = self._watch(s)
-                sink(SourceEvent("disconnected", f"{url}: {why}"))
+                sink(SourceEvent("stopped" if self._stop.is_set() else "disconnected",
+                                 f"{url}: {why}"))
             except (OSError, ConnectionError, TimeoutError) as err:
                 msg = " ".join(str(err).split())
                 if self.connects == 0 and not self._stop.is_set():

@@ -1,0 +1,156 @@
+"""``mlmlmlm live``: open the ports named on the command line, run the engine with a status line.
+Introduced in notebook 06_live_demo.
+
+    mlmlmlm live --emg bela[:HOST]|file:PATH|emulator[:PATH] --audio-in device|file:PATH
+                 --out device|file:PATH --threshold-db X (--run <phase>/<run> | --envelope)
+                 [--record DIR] [--phrase-s S] [--playout-ms MS] [--duration S] [--speed X]
+
+Problems the performer can fix (a missing run, no sound card, no board) are one line on stderr.
+Without a sound card, ``--out device`` falls back to the session recording (said in one line) and
+the engine keeps running; ``--audio-in device`` without one stops cleanly (nothing can trigger).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+class LiveError(RuntimeError):
+    """A one-line problem of ``mlmlmlm live`` (exit status 2)."""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--emg", required=True,
+                   help="bela[:HOST[:PORT]] | file:PATH (.emg.wav or 7-ch window) | emulator[:PATH]")
+    p.add_argument("--audio-in", required=True, help="device | file:PATH (instrument audio)")
+    p.add_argument("--out", required=True, help="device | file:PATH (generated audio)")
+    p.add_argument("--threshold-db", type=float, default=12.0,
+                   help="trigger: RMS rise in dB that starts a phrase (default 12)")
+    p.add_argument("--run", help="trained translation run: <phase>/<run> or its folder")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--envelope", action="store_true",
+                   help="no model: a sine that follows the EMG level (tests the rig)")
+    p.add_argument("--record", type=Path, help="session folder (EMG, audio in/out, events)")
+    p.add_argument("--phrase-s", type=float, help="phrase length (default: until silence)")
+    p.add_argument("--playout-ms", type=float, default=40.0, help="fixed playout delay")
+    p.add_argument("--prompt-s", type=float, default=0.1, help="prompt: latest S s of audio")
+    p.add_argument("--duration", type=float, help="stop after S s (default: Ctrl-C or file end)")
+    p.add_argument("--speed", type=float, default=1.0, help="file clock speed (tests)")
+    p.add_argument("--block", type=int, default=256, help="audio I/O block in samples")
+
+
+def load_translator(run: str | None, scale: str, envelope: bool):
+    if envelope:
+        from mlmlmlm.live.latency import EnvelopeTranslator
+
+        return EnvelopeTranslator()
+    if not run:
+        raise LiveError("give --run <phase>/<run> (a trained translation run) or --envelope")
+    from mlmlmlm import paths
+
+    folder = Path(run) if Path(run).is_dir() or run.count("/") != 1 else paths.run_dir(run, scale)
+    if not (folder / "checkpoint.pt").is_file():
+        raise LiveError(f"no trained run at {folder} (train it: mlmlmlm run {run})")
+    from mlmlmlm.stream import Translator
+
+    return Translator.from_run(folder)
+
+
+def _make_output(spec: str, block: int, log):
+    from mlmlmlm.live.audio_io import (
+        AudioDeviceError,
+        ClockOutput,
+        DeviceOutput,
+        import_sounddevice,
+    )
+    from mlmlmlm.live.session import WavAppender
+
+    kind, _, path = spec.partition(":")
+    if kind not in ("device", "file") or (kind == "file" and not path):
+        raise LiveError(f"--out {spec!r}: expected device or file:PATH")
+
+    def make(ring, tap):
+        if kind == "device":
+            try:
+                import_sounddevice()
+                return DeviceOutput(ring, block, tap)
+            except AudioDeviceError as err:
+                log(f"{err}; playing into the recording only")
+                return ClockOutput(ring, block, tap)
+        writer = WavAppender(path, ring.sr, 1)
+
+        def both(x):
+            writer.write(x)
+            if tap is not None:
+                tap(x)
+
+        out = ClockOutput(ring, block, both)
+        stop = out.stop
+        out.stop = lambda: (stop(), writer.close())
+        return out
+
+    return make
+
+
+def _open_input(spec: str, sr: float, block: int):
+    from mlmlmlm.live.audio_io import DeviceInput, FileInput
+
+    kind, _, path = spec.partition(":")
+    if kind == "file" and path:
+        return FileInput(path, sr, block)
+    if kind == "device":
+        from mlmlmlm.live.audio_io import import_sounddevice
+
+        import_sounddevice()  # AudioDeviceError now, not after the board connected
+        return DeviceInput(sr, block)
+    raise LiveError(f"--audio-in {spec!r}: expected device or file:PATH")
+
+
+def run_live(args, log=None) -> int:
+    """The ``mlmlmlm live`` command; returns the exit status."""
+    from mlmlmlm.live.audio_io import AudioDeviceError
+    from mlmlmlm.live.engine import Engine, EngineConfig
+    from mlmlmlm.live.session import SessionRecorder
+    from mlmlmlm.live.sources import open_emg_source
+    from mlmlmlm.live.trigger import TriggerConfig
+
+    log = log or (lambda m: print(f"\nmlmlmlm live: {m}", file=sys.stderr))
+    try:
+        tr = load_translator(args.run, args.scale, args.envelope)
+        cfg = EngineConfig(trigger=TriggerConfig(threshold_db=args.threshold_db),
+                           phrase_s=args.phrase_s, prompt_s=args.prompt_s,
+                           playout_ms=args.playout_ms, block=args.block, speed=args.speed)
+        audio_in = _open_input(args.audio_in, tr.audio_sr, args.block)
+        kw = {"quiet": True} if not args.emg.startswith("file") else {}
+        src = open_emg_source(args.emg, **kw)
+        make_out = _make_output(args.out, args.block, log)
+    except (LiveError, AudioDeviceError, ValueError) as err:
+        print(f"mlmlmlm live: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    rec = None
+    if args.record:
+        rec = SessionRecorder(args.record, tr.audio_sr, {
+            "emg": args.emg, "audio_in": args.audio_in, "out": args.out, "run": args.run,
+            "envelope": args.envelope, "engine": {k: v for k, v in vars(cfg).items()
+                                                  if k != "trigger"} | {
+                "trigger": vars(cfg.trigger)}})
+    engine = Engine(tr, src, audio_in, make_out, cfg, rec, log=log)
+    tty = sys.stderr.isatty()
+    try:
+        engine.start()
+        engine.wait(args.duration, until_end=args.duration is None,
+                    status=lambda line: print(f"\r{line}", end="" if tty else "\n",
+                                              file=sys.stderr, flush=True),
+                    every_s=0.25 if tty else 2.0)
+    except AudioDeviceError as err:
+        log(str(err))
+        engine.stop()
+        return 2
+    except KeyboardInterrupt:
+        pass
+    summary = engine.stop()
+    print(f"\nmlmlmlm live: {summary['phrases']} phrases, {summary['underrun_blocks']} underruns, "
+          f"{summary['nan_samples']} NaN samples repaired, {summary['disconnects']} disconnects"
+          + (f"; session in {args.record}" if args.record else ""), file=sys.stderr)
+    return 0

@@ -43,13 +43,40 @@ def inference_copy(codec: Codec) -> Codec:
     if not cfg.causal or cfg.bottleneck != "rvq":
         raise StreamError(f"streaming translation needs causal rvq codecs (causal={cfg.causal}, "
                           f"bottleneck={cfg.bottleneck!r})")
-    device = next(codec.parameters()).device
-    copy = Codec(cfg).to(device)
+    copy = Codec(cfg).to(codec_device(codec))
     copy.load_state_dict(codec.state_dict())
     for m in [m for m in copy.modules() if parametrize.is_parametrized(m)]:
         for name in list(m.parametrizations.keys()):
             parametrize.remove_parametrizations(m, name, leave_parametrized=True)
     return copy.eval().requires_grad_(False)
+
+
+class CodeLookup:
+    """Audio codes [B, n_q, n] -> latents [B, D, n], equal to ``codec.codes_to_latents`` but from
+    a table built once: per frame, the library's range checks and rearranges cost more than the
+    lookup itself. Checked against the codec's own lookup when built."""
+
+    def __init__(self, codec: Codec):
+        rvq, cfg = codec.bottleneck.rvq, codec.cfg
+        idx = torch.arange(cfg.codebook_size).repeat(cfg.n_q, 1).T[None]  # [1, K, n_q]
+        with torch.inference_mode():
+            self.table = rvq.get_codes_from_indices(idx.to(codec_device(codec)))[:, 0]  # [n_q, K, d]
+        self.project_out = rvq.project_out
+        self.levels = torch.arange(cfg.n_q, device=self.table.device)[:, None, None]
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randint(0, cfg.codebook_size, (2, cfg.n_q, 7), generator=g)
+        probe = probe.to(self.table.device)
+        with torch.inference_mode():
+            if not torch.allclose(self(probe), codec.codes_to_latents(probe), atol=1e-5):
+                raise AssertionError("CodeLookup disagrees with the codec's codes_to_latents")
+
+    def __call__(self, codes: Tensor) -> Tensor:
+        v = self.table[self.levels, codes.transpose(0, 1)]  # [n_q, B, n, d]
+        return self.project_out(v.sum(0)).transpose(1, 2)  # [B, n, d] -> [B, D, n]
+
+
+def codec_device(codec: Codec) -> torch.device:
+    return next(codec.parameters()).device
 
 
 class EmgPrep:
@@ -128,6 +155,7 @@ class Translator:
         self.model = model
         self.audio_codec, self.emg_codec = inference_copy(audio_codec), inference_copy(emg_codec)
         self.device = next(model.parameters()).device
+        self._latents = CodeLookup(self.audio_codec)
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
         self._guidance = float(guidance)
         W = max_cache_frames or round(DEFAULT_WINDOW_S * self.frame_rate)
@@ -207,6 +235,12 @@ class Translator:
     def n_frames(self) -> int:
         """Audio frames known so far (prompt + generated)."""
         return 0 if self.cache is None else self.cache.n_frames
+
+    def prompt_codes(self) -> np.ndarray:
+        """The start tokens [n_q, P] (int; P = 0 without a prompt)."""
+        if self._prompt is None:
+            return np.zeros((self.model.cfg.n_q, 0), int)
+        return self._prompt[0].cpu().numpy().astype(int)
 
     def generated_codes(self) -> np.ndarray:
         """Codes of the generated frames [n_q, frames] (int, 0 .. codebook_size - 1)."""
@@ -379,7 +413,8 @@ class Translator:
             step = self.model.step(self.cache, temperature=self.temperature, top_k=self.top_k,
                                    top_p=self.top_p, guidance=self.guidance,
                                    generator=self.generator)
-            wav = self.audio_codec.decode_codes_stream(step.codes[:, :, None])  # [1, 1, hop]
+            z = self._latents(step.codes[:, :, None])  # [1, D, 1]
+            wav = self.audio_codec.decode_stream(z)  # [1, 1, hop]
             out.append(wav[0, 0].float().cpu().numpy())
             self._codes.append(step.codes.T)  # [n_q, 1]
             self.frame_times.append(time.perf_counter() - t0 + self._carry)

@@ -77,6 +77,8 @@ class Phrase:
     start_pos: int | None = None  # output position of its first sample (set by the first EMG)
     produced: int = 0
     length: int | None = None  # samples, or None (open-ended)
+    emg_index: int | None = None  # its first EMG sample: index in the conditioned stream ...
+    emg_origin: int | None = None  # ... that started at this source frame
 
 
 @dataclass
@@ -244,6 +246,8 @@ class Engine:
             frame = self.cond.origin + self.cond.out_count * src_sr / self.tr.emg_sr
             offset = min(o for _, o in self._offsets)
             p.start_pos = round(frame * ratio + offset + self.schedule_ms() * self.sr / 1e3)
+            p.emg_index = self.cond.out_count - c.emg.shape[1]
+            p.emg_origin = self.cond.origin
             self.ring.expect(p.start_pos)
         t0 = time.perf_counter()
         y = np.asarray(self.tr.push_emg(c.emg), np.float32).reshape(-1)
@@ -296,7 +300,7 @@ class Engine:
         if p.start_pos is not None:
             self.ring.close_span(p.start_pos + p.produced)
         self._event("phrase_end", phrase=p.index, reason=reason, start_pos=p.start_pos,
-                    samples=p.produced)
+                    samples=p.produced, emg_index=p.emg_index, emg_origin=p.emg_origin)
 
     # ------------------------------------------------------------------ reporting
     def schedule_ms(self) -> float:

@@ -1,0 +1,330 @@
+"""The live engine (06_live_demo): files in, output complete and in place with zero underruns;
+retrigger and phrase length; late, bursty, NaN and disconnecting EMG through the Bela emulator and
+the real pybela client; a killed session leaves readable files; no sound card is one line.
+
+Sessions run on a clock faster than real time (``EngineConfig.speed``). The stand-in translator
+(:class:`EnvelopeTranslator`) is deterministic, so what the engine played can be compared sample
+for sample with the same EMG translated offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mlmlmlm.live.audio_io import Clock, ClockOutput, FileInput, OutputRing
+from mlmlmlm.live.emulator import Faults
+from mlmlmlm.live.engine import Engine, EngineConfig
+from mlmlmlm.live.latency import EnvelopeTranslator
+from mlmlmlm.live.session import SessionRecorder, read_events
+from mlmlmlm.live.sources import (
+    EmgBlock,
+    EmgConditioner,
+    EmulatorEmgSource,
+    FileEmgSource,
+    StreamResampler,
+)
+
+SR, EMG_SR, BELA_SR = 22050.0, 2756.25, 22050.0
+
+
+def instrument(path, onsets_s, seconds: float, stop_s: float | None = None):
+    """A 220 Hz note starting at each onset (a 30 dB dip before every later one), to ``path``."""
+    t = np.arange(int(seconds * SR)) / SR
+    level = np.zeros_like(t)
+    for i, on in enumerate(onsets_s):
+        level[t >= on] = 0.3
+        if i + 1 < len(onsets_s):
+            level[(t >= onsets_s[i + 1] - 0.1) & (t < onsets_s[i + 1])] = 0.01
+    if stop_s is not None:
+        level[t >= stop_s] = 0.0
+    sf.write(path, (level * np.sin(2 * np.pi * 220 * t)).astype(np.float32), int(SR))
+    return path
+
+
+def random_emg(seconds: float, sr: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    env = 0.5 + 0.5 * np.sin(np.arange(int(seconds * sr)) / sr * 2 * np.pi * 1.3)
+    return (0.2 * env * rng.standard_normal((6, env.size))).astype(np.float32)
+
+
+def run_engine(src, audio_path, tmp_path, cfg: EngineConfig, translator=None, seconds=None):
+    tr = translator or EnvelopeTranslator()
+    rec = SessionRecorder(tmp_path / "session", SR)
+    eng = Engine(tr, src, FileInput(audio_path, SR), lambda ring, tap: ClockOutput(ring, 256, tap),
+                 cfg, rec, log=lambda m: None)
+    eng.start()
+    eng.wait(seconds, until_end=seconds is None, every_s=0.02)
+    summary = eng.stop()
+    return eng, summary, tmp_path / "session"
+
+
+def offline(emg_src: np.ndarray, src_sr: float, phrase: dict, n: int) -> np.ndarray:
+    """What the stand-in translator makes of the phrase's EMG, run offline on the whole stream."""
+    stream = StreamResampler(src_sr, EMG_SR, 6)(emg_src[:, phrase["emg_origin"]:])
+    tr = EnvelopeTranslator()
+    tr.start(np.ones(8, np.float32))
+    return tr.push_emg(stream[:, phrase["emg_index"]:])[:n]
+
+
+def phrases(events):
+    return [e for e in events if e["kind"] == "phrase_end"]
+
+
+# ----------------------------------------------------------------------------- unit parts
+def test_conditioner_repairs_nan_fills_short_gaps_and_drops_repeats():
+    c = EmgConditioner(EMG_SR, EMG_SR, max_gap_s=0.1)
+    x = np.arange(6 * 10, dtype=np.float32).reshape(6, 10)
+    x[2, 3:5] = np.nan
+    out = c(EmgBlock(0, x, 0.0))
+    assert out.nan == 2 and np.isfinite(out.emg).all()
+    np.testing.assert_array_equal(out.emg[2, 3:5], [x[2, 2], x[2, 2]])  # the last good value
+    first_nan = np.full((6, 4), np.nan, np.float32)
+    first_nan[:, 1:] = 1.0
+    assert c(EmgBlock(10, first_nan, 0.0)).emg[:, 0].tolist() == x[:, 9].tolist()
+    gap = c(EmgBlock(20, np.ones((6, 5), np.float32), 0.0))  # frames 14..19 missing: held
+    assert gap.gap == 6 and gap.origin == 14 and gap.emg.shape[1] == 11 and not gap.dropout
+    assert c(EmgBlock(22, np.ones((6, 3), np.float32), 0.0)).dropped == 3  # repeats of 22..24
+    far = c(EmgBlock(25 + 1000, np.ones((6, 5), np.float32), 0.0))  # > max_gap: a dropout
+    assert far.dropout and far.gap == 0 and c.origin == 1025 and c.out_count == 5
+
+
+@pytest.mark.parametrize("chunks", [[1024] * 6, [7, 300, 1000, 2, 4835]])
+def test_stream_resampler_is_chunking_invariant(chunks):
+    x = np.random.default_rng(0).standard_normal((6, sum(chunks))).astype(np.float32)
+    whole = StreamResampler(BELA_SR, EMG_SR, 6)(x)
+    r, parts, i = StreamResampler(BELA_SR, EMG_SR, 6), [], 0
+    for n in chunks:
+        parts.append(r(x[:, i:i + n]))
+        i += n
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-5)
+    assert whole.shape[1] == len(x[0]) // 8
+    # a 50 Hz sine passes, one at 2 kHz (above the new Nyquist, 1378 Hz) is removed
+    t = np.arange(22050) / BELA_SR
+    for f, gain in [(50.0, 1.0), (2000.0, 0.0)]:
+        y = StreamResampler(BELA_SR, EMG_SR, 1)(np.sin(2 * np.pi * f * t)[None])[0, 500:]
+        assert abs(np.abs(y).max() - gain) < 0.02
+
+
+def test_ring_counts_underruns_and_drops_late_samples_without_shifting():
+    ring = OutputRing(1000, SR, Clock())
+    ring.expect(100)
+    ring.write(100, np.ones(50, np.float32))
+    first = ring.read(200)
+    assert first[100:150].tolist() == [1.0] * 50 and ring.underrun_samples == 50
+    ring.write(150, np.full(100, 2.0, np.float32))  # 150..199 came too late; 200..249 in time
+    assert ring.late_samples == 50
+    second = ring.read(100)
+    assert second[:50].tolist() == [2.0] * 50 and second[50:].tolist() == [0.0] * 50
+    assert ring.underrun_samples == 50 + 50
+    ring.close_span(250)
+    ring.read(100)
+    assert ring.underrun_samples == 100  # nothing due after the phrase ended
+
+
+# ----------------------------------------------------------------------------- files
+def test_engine_on_files_plays_the_translation_in_place_with_zero_underruns(tmp_path):
+    emg = random_emg(3.0, BELA_SR)
+    audio = instrument(tmp_path / "in.wav", [0.6], 3.0)
+    eng, s, folder = run_engine(FileEmgSource(emg, BELA_SR), audio, tmp_path,
+                                EngineConfig(speed=4.0))
+    assert s["underrun_blocks"] == 0 and s["late_samples"] == 0 and s["errors"] == []
+    out, sr = sf.read(folder / "output.wav", dtype="float32")
+    assert sr == SR and len(out) >= 3.0 * SR  # complete: at least as long as the input
+    (p,) = phrases(read_events(folder / "events.jsonl"))
+    assert p["reason"] == "end of input" and p["samples"] > 2.0 * SR
+    a = p["start_pos"]
+    np.testing.assert_allclose(out[a:a + p["samples"]], offline(emg, BELA_SR, p, p["samples"]),
+                               atol=1e-5)
+    assert np.abs(out[:a]).max() == 0.0  # nothing before the phrase
+    # the phrase sounds within one EMG buffer + playout after the trigger fired
+    onset = next(e for e in eng.events if e["kind"] == "trigger")["sample"]
+    assert 0 < (a - onset) / SR < 1024 / BELA_SR + 0.04 + 0.03
+    emg_rec, _ = sf.read(folder / "emg.wav", dtype="float32")
+    np.testing.assert_array_equal(emg_rec.T, emg[:, :emg_rec.shape[0]])
+
+
+def test_retrigger_and_phrase_length(tmp_path):
+    emg = random_emg(3.0, BELA_SR, seed=1)
+    audio = instrument(tmp_path / "in.wav", [0.3, 1.5], 3.0)
+    _, s, folder = run_engine(FileEmgSource(emg, BELA_SR), audio, tmp_path,
+                              EngineConfig(speed=4.0))
+    first, second = phrases(read_events(folder / "events.jsonl"))
+    assert first["reason"] == "retrigger" and s["phrases"] == 2 and s["underrun_blocks"] == 0
+    out, _ = sf.read(folder / "output.wav", dtype="float32")
+    b = second["start_pos"]
+    np.testing.assert_allclose(out[b:b + second["samples"]],
+                               offline(emg, BELA_SR, second, second["samples"]), atol=1e-5)
+    _, s, folder = run_engine(FileEmgSource(emg, BELA_SR), audio, tmp_path / "len",
+                              EngineConfig(speed=4.0, phrase_s=0.5))
+    ends = phrases(read_events(folder / "events.jsonl"))
+    assert [p["reason"] for p in ends] == ["length", "length"]
+    assert [p["samples"] for p in ends] == [int(0.5 * SR)] * 2
+
+
+def test_silence_ends_the_phrase(tmp_path):
+    audio = instrument(tmp_path / "in.wav", [0.3], 3.0, stop_s=1.5)
+    _, _, folder = run_engine(FileEmgSource(random_emg(3.0, BELA_SR), BELA_SR), audio, tmp_path,
+                              EngineConfig(speed=4.0))
+    (p,) = phrases(read_events(folder / "events.jsonl"))
+    assert p["reason"] == "silence" and 1.1 * SR < p["samples"] < 1.7 * SR
+
+
+# ----------------------------------------------------------------------------- faults via pybela
+def test_nan_late_and_bursty_emg_through_pybela(tmp_path):
+    """Bursts of 3 buffers (140 ms) sent late: a 400 ms playout delay absorbs them (no underrun,
+    output in place); NaN runs are held at the last good value and counted."""
+    emg = random_emg(6.0, BELA_SR, seed=2)
+    faults = Faults(burst=3, late_s=0.03, jitter_s=0.02, nan_every=2, nan_len=40, nan_offset=7)
+    src = EmulatorEmgSource(emg, BELA_SR, faults=faults, loop=False)
+    audio = instrument(tmp_path / "in.wav", [1.0], 5.0)
+    _, s, folder = run_engine(src, audio, tmp_path, EngineConfig(speed=2.0, playout_ms=400.0))
+    assert s["underrun_blocks"] == 0 and s["late_samples"] == 0 and s["errors"] == []
+    blocks = s["emg_blocks"]
+    assert s["nan_samples"] == 6 * 40 * (blocks // 2) and s["nan_samples"] > 0
+    rec, _ = sf.read(folder / "emg.wav", dtype="float32")
+    assert np.isfinite(rec).all()
+    (p,) = phrases(read_events(folder / "events.jsonl"))
+    start = p["emg_origin"]
+    want = emg[:, start:start + rec.shape[0]].copy()
+    for b in range(start // 1024, start // 1024 + blocks):
+        if (b + 1) % 2 == 0:  # the emulator's NaN run, held at the sample before it
+            a = b * 1024 - start + 7
+            want[:, a:a + 40] = want[:, a - 1:a]
+    np.testing.assert_array_equal(rec.T, want)
+    out, _ = sf.read(folder / "output.wav", dtype="float32")
+    a = p["start_pos"]
+    repaired = np.concatenate([np.zeros((6, start), np.float32), rec.T], axis=1)
+    np.testing.assert_allclose(out[a:a + p["samples"]],
+                               offline(repaired, BELA_SR, p, p["samples"]), atol=1e-5)
+
+
+def test_small_playout_delay_counts_underruns_and_keeps_the_timing(tmp_path):
+    emg = random_emg(5.0, BELA_SR, seed=3)
+    src = EmulatorEmgSource(emg, BELA_SR, faults=Faults(burst=4), loop=False)
+    audio = instrument(tmp_path / "in.wav", [1.0], 4.0)
+    _, s, folder = run_engine(src, audio, tmp_path, EngineConfig(speed=2.0, playout_ms=20.0))
+    assert s["underrun_blocks"] > 0 and s["late_samples"] > 0  # counted, not fatal
+    (p,) = phrases(read_events(folder / "events.jsonl"))
+    out, _ = sf.read(folder / "output.wav", dtype="float32")
+    a, n = p["start_pos"], p["samples"]
+    rec, _ = sf.read(folder / "emg.wav", dtype="float32")
+    want = offline(np.concatenate([np.zeros((6, p["emg_origin"]), np.float32), rec.T], 1),
+                   BELA_SR, p, n)
+    got = out[a:a + n]
+    played = got != 0
+    assert 0.3 < played.mean() < 0.95  # bursts lost, the rest played ...
+    np.testing.assert_allclose(got[played], want[played], atol=1e-5)  # ... where it belongs
+
+
+@pytest.mark.parametrize("abrupt", [False, True])
+def test_disconnect_mid_phrase_is_survived(tmp_path, abrupt):
+    emg = random_emg(8.0, BELA_SR, seed=4)
+    faults = Faults(disconnect_after_s=1.0, abrupt=abrupt)
+    src = EmulatorEmgSource(emg, BELA_SR, faults=faults, stall_s=0.5, retry_s=0.2)
+    audio = instrument(tmp_path / "in.wav", [0.5], 6.0)
+    _, s, folder = run_engine(src, audio, tmp_path, EngineConfig(speed=2.0))
+    assert s["disconnects"] >= 1 and s["connects"] >= 2 and s["errors"] == []
+    ends = phrases(read_events(folder / "events.jsonl"))
+    assert ends[0]["reason"] == "emg lost" and ends[1]["reason"] == "end of input"
+    starts = [e["reason"] for e in read_events(folder / "events.jsonl")
+              if e["kind"] == "phrase_start"]
+    assert starts == ["onset", "resume"] and ends[1]["samples"] > 0.5 * SR
+    assert s["underrun_blocks"] == 0
+    out, _ = sf.read(folder / "output.wav", dtype="float32")
+    for p in ends:  # both phrases sound where they were scheduled
+        assert np.abs(out[p["start_pos"]:p["start_pos"] + p["samples"]]).mean() > 0.01
+    for name in ("emg", "audio_in"):
+        x, _ = sf.read(folder / f"{name}.wav")
+        assert len(x) > 0 and np.isfinite(x).all()
+    assert json.loads((folder / "session.json").read_text())["summary"]["disconnects"] >= 1
+
+
+# ----------------------------------------------------------------------------- CLI, kill, device
+def live_args(tmp_path, **kw) -> list[str]:
+    audio = instrument(tmp_path / "in.wav", [0.3], kw.pop("seconds", 3.0))
+    emg = tmp_path / "take.emg.wav"
+    sf.write(emg, random_emg(30.0, BELA_SR).T, int(BELA_SR), subtype="FLOAT")
+    return ["live", "--emg", f"file:{emg}", "--audio-in", f"file:{audio}", "--out",
+            kw.pop("out", f"file:{tmp_path / 'out.wav'}"), "--envelope", "--record",
+            str(tmp_path / "rec"), "--speed", str(kw.pop("speed", 4.0))]
+
+
+def test_killed_session_leaves_readable_files(tmp_path):
+    args = live_args(tmp_path, seconds=30.0, speed=1.0)
+    proc = subprocess.Popen([sys.executable, "-m", "mlmlmlm.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    events = tmp_path / "rec" / "events.jsonl"
+    t_end = time.monotonic() + 60
+    try:
+        while not (events.is_file() and '"phrase_start"' in events.read_text()):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < t_end, "no phrase within 60 s"
+            time.sleep(0.05)
+        time.sleep(0.5)  # let it play half a second of the phrase
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    kinds = [e["kind"] for e in read_events(events)]
+    assert kinds[:1] == ["session_start"] and "phrase_start" in kinds and "session_end" not in kinds
+    for name, channels in [("emg", 6), ("audio_in", 1), ("output", 1)]:
+        x, sr = sf.read(tmp_path / "rec" / f"{name}.wav", dtype="float32", always_2d=True)
+        assert x.shape[1] == channels and len(x) > 0.2 * sr and np.isfinite(x).all()
+    out, _ = sf.read(tmp_path / "rec" / "output.wav")
+    assert np.abs(out).max() > 0.01  # the phrase was being played and recorded
+    x, _ = sf.read(tmp_path / "out.wav")
+    assert len(x) > 0
+
+
+def test_cli_runs_a_file_session_and_names_a_missing_run(tmp_path, capsys):
+    from mlmlmlm.cli import main
+
+    assert main(live_args(tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert "1 phrases, 0 underruns" in err
+    out, _ = sf.read(tmp_path / "out.wav")
+    rec, _ = sf.read(tmp_path / "rec" / "output.wav")
+    assert len(out) >= 3.0 * SR and np.array_equal(out, rec) and np.abs(out).max() > 0.01
+    args = [a for a in live_args(tmp_path) if a != "--envelope"] + ["--run", "05_transformer/nope"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlmlmlm live: no trained run at") and "\n" not in err
+
+
+def test_no_sound_card_is_one_line_and_the_session_still_records(tmp_path, capsys, monkeypatch):
+    from mlmlmlm.cli import main
+    from mlmlmlm.live import audio_io
+
+    def missing():
+        raise audio_io.AudioDeviceError("no audio device: PortAudio library not found")
+
+    monkeypatch.setattr(audio_io, "import_sounddevice", missing)
+    assert main(live_args(tmp_path, out="device")) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "no audio device" in ln]
+    assert len(lines) == 1 and lines[0].endswith("playing into the recording only")
+    rec, _ = sf.read(tmp_path / "rec" / "output.wav")
+    assert len(rec) >= 3.0 * SR and np.abs(rec).max() > 0.01
+    args = live_args(tmp_path)
+    args[args.index("--audio-in") + 1] = "device"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mlmlmlm live: no audio device: PortAudio library not found"
+
+
+def test_envelope_translator_is_one_hop_per_emg_hop():
+    tr = EnvelopeTranslator()
+    tr.start(np.ones(4, np.float32))
+    emg = np.ones((6, 100), np.float32)
+    assert tr.push_emg(emg[:, :31]).size == 0 and tr.push_emg(emg[:, 31:64]).size == 512
+    y = SimpleNamespace(peak=np.abs(tr.push_emg(emg[:, 64:])).max())
+    assert 0.99 < y.peak <= 1.0

@@ -46,3 +46,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_codecs(smoke_corpus, tmp_path_factory) -> dict[str, Path]:
+    """The production audio and EMG codecs (02_audio_codec/audio_codec, 04_emg_codec/emg_codec)
+    trained at smoke size (2 steps) on the smoke corpus: ``{"audio": run dir, "emg": run dir}``.
+    Their frames align one to one, as at the cpu scale. Copy a run dir before changing it."""
+    import torch
+
+    from mlmlmlm.config import load_run_config
+    from mlmlmlm.recipes.codec import train_codec
+
+    root, out = tmp_path_factory.mktemp("smoke-codecs"), {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for what, run in (("audio", "02_audio_codec/audio_codec"), ("emg", "04_emg_codec/emg_codec")):
+            out[what] = root / what
+            train_codec(load_run_config(run, "smoke"), out[what], smoke_corpus, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out

@@ -91,3 +91,107 @@ def test_bos_generates_without_prompt(layout):
     assert torch.allclose(step.logits, out.logits[:, :, 3], atol=1e-4)
     with pytest.raises(ValueError, match="bos=True"):
         tiny(layout).start(tiny(layout).new_cache(1))
+
+
+# ---- the recipe on the one training loop -------------------------------------------------------
+
+def smoke_cfg(run, codecs, **over):
+    from mlmlmlm.config import load_run_config
+
+    over = {"codecs.audio": str(codecs["audio"]), "codecs.emg": str(codecs["emg"]), **over}
+    return load_run_config(f"05_transformer/{run}", "smoke", overrides=over)
+
+
+@pytest.mark.parametrize("run", ["te1", "te2", "te2_frame", "te2_bos"])
+def test_every_run_trains_through_train_run(run, smoke_codecs, smoke_corpus, tmp_path):
+    from mlmlmlm.recipes import train_run
+    from mlmlmlm.recipes.codec import read_log
+
+    over = {"codecs.audio": str(smoke_codecs["audio"]), "codecs.emg": str(smoke_codecs["emg"])}
+    out = train_run(f"05_transformer/{run}", "smoke", run_dir=tmp_path, data_root=smoke_corpus,
+                    overrides=over, evaluate=True)
+    assert out["steps"] == 2
+    for q in range(4):  # held-out token accuracy and perplexity per level
+        assert 0 <= out[f"token_accuracy_q{q}"] <= 1 and 1 <= out[f"perplexity_q{q}"] < 1e3
+    log = read_log(tmp_path)
+    assert {"train", "acc_q0", "acc_q3", "loss_q0", "loss_q3"} <= set(log[-1])
+
+
+def test_two_steps_resume_as_uninterrupted(smoke_codecs, smoke_corpus, tmp_path):
+    from mlmlmlm.recipes import transformer as R
+
+    over = {"train.schedule": "constant", "model.dropout": 0.1, "model.cond_dropout": 0.5}
+    whole = R.train(smoke_cfg("te2", smoke_codecs, **over), tmp_path / "a", smoke_corpus,
+                    progress=False)
+    half = R.train(smoke_cfg("te2", smoke_codecs, **over, **{"train.max_steps": 1}),
+                   tmp_path / "b", smoke_corpus, progress=False)
+    assert half.steps == 1
+    rest = R.train(smoke_cfg("te2", smoke_codecs, **over), tmp_path / "b", smoke_corpus,
+                   progress=False)
+    assert rest.resumed_from == 1 and rest.steps == 2
+    for (k, a), b in zip(whole.model.state_dict().items(), rest.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_load_translation_round_trip(smoke_codecs, smoke_corpus, tmp_path):
+    from mlmlmlm.recipes import transformer as R
+
+    cfg = smoke_cfg("te2_frame", smoke_codecs)
+    result = R.train(cfg, tmp_path, smoke_corpus, progress=False)
+    model, cfg2, audio, emg = R.load_translation(tmp_path)
+    assert cfg2.to_dict() == cfg.to_dict() and not model.training
+    assert audio.cfg.n_q == model.cfg.n_q and emg.cfg.codebook_size == model.cfg.emg_codebook_size
+    _, _, pair = R.load_pair(tmp_path)
+    items = R.eval_items(cfg, pair, smoke_corpus)[:2]
+    a, e = torch.stack([i["audio"] for i in items]), torch.stack([i["emg"] for i in items])
+    trained = result.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(a, e).logits, trained(a, e).logits)
+
+
+def test_load_translation_checks_its_codecs(smoke_codecs, smoke_corpus, tmp_path):
+    import shutil
+
+    from mlmlmlm.recipes import transformer as R
+
+    codecs = {k: shutil.copytree(v, tmp_path / k) for k, v in smoke_codecs.items()}
+    R.train(smoke_cfg("te2", codecs, **{"train.max_steps": 1}), tmp_path / "te2", smoke_corpus,
+            progress=False)
+    R.load_translation(tmp_path / "te2")
+    ckpt = torch.load(codecs["audio"] / "checkpoint.pt", weights_only=True)
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][key] += 0.5  # the audio codec was retrained
+    torch.save(ckpt, codecs["audio"] / "checkpoint.pt")
+    with pytest.raises(R.CodecMismatchError) as err:
+        R.load_translation(tmp_path / "te2")
+    assert "\n" not in str(err.value) and str(codecs["audio"]) in str(err.value)
+    # training again does not resume on other codecs: the old run is moved aside
+    R.train(smoke_cfg("te2", codecs, **{"train.max_steps": 1}), tmp_path / "te2", smoke_corpus,
+            progress=False)
+    assert (tmp_path / "te2.superseded" / "checkpoint.pt").is_file()
+    R.load_translation(tmp_path / "te2")
+    shutil.rmtree(codecs["emg"])
+    with pytest.raises(R.MissingCodecError, match="emg codec"):
+        R.load_translation(tmp_path / "te2")
+
+
+def test_codebook_sizes_are_checked_against_the_codecs(smoke_codecs, smoke_corpus, tmp_path):
+    from mlmlmlm.config import ConfigError
+    from mlmlmlm.recipes import transformer as R
+
+    with pytest.raises(ConfigError, match="model.codebook_size is 32 but the codec"):
+        R.train(smoke_cfg("te2", smoke_codecs, **{"model.codebook_size": 32}), tmp_path,
+                smoke_corpus, progress=False)
+
+
+def test_schedules_warm_up_for_15_percent_and_fit_the_budget():
+    from mlmlmlm.config import list_runs, load_run_config
+
+    for run in list_runs("05_transformer"):
+        for scale in ("cpu", "paper"):
+            cfg = load_run_config(run, scale)
+            t = cfg.train
+            assert t.optimizer == "adam" and t.lr == 1e-3 and t.schedule == "onecycle"
+            assert t.warmup_steps == pytest.approx(0.15 * t.max_steps, abs=1), (run, scale)
+        cpu = load_run_config(run, "cpu")
+        assert cpu.model.d_model == 128 and cpu.model.codebook_size == 1024

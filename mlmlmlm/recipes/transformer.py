@@ -147,6 +147,7 @@ def train(cfg: RunConfig, run_dir: Path, data_root: Path, progress: bool = True,
     data = TokenDataset(tracks, cfg.data, pair.frame_rate, train=True)
     if resume:
         _supersede_if_other_codecs(run_dir, pair)
+    torch.manual_seed(cfg.train.seed)  # the initial weights follow the run's seed
     task = TransformerTask(build_model(cfg), pair.record())
     return train_loop(task, data, cfg.train, run_dir, extra=cfg.to_dict(), resume=resume,
                       progress=progress)

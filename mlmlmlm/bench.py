@@ -230,3 +230,12 @@ def bench_codec(scales: tuple[str, ...] = ("cpu", "paper")) -> dict:
                 "encode_time_ratio": up["encode_rtf"] / nat["encode_rtf"],
             }
     return out
+
+
+def bench_stream(run: str | None = None, seconds: float = 62.0) -> dict:
+    """Everything ``mlmlmlm bench stream --json`` prints: the live engine's per-frame compute,
+    latency budget, end-to-end latency through the Bela emulator and pybela, and underruns
+    (:func:`mlmlmlm.live.latency.bench_stream`; introduced in 06_live_demo)."""
+    from mlmlmlm.live.latency import bench_stream as bench_live
+
+    return bench_live(run, seconds=seconds)

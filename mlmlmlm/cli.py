@@ -10,6 +10,8 @@ Introduced in notebook 01_dataset (README shows each command).
     mlmlmlm train <phase>/<run> [--scale cpu|paper|smoke] [--run-dir DIR] [--data-root DIR]
                   [--set KEY=VALUE ...] [--eval] [--force]     (no notebook; torchrun-able)
     mlmlmlm bench codec|stream [--json] [--run <phase>/<run>]
+    mlmlmlm translate --emg EMG.wav --prompt PROMPT.wav --out OUT.wav [--run 05_transformer/te2]
+                  [--scale cpu] [--seconds N] [--temperature T] [--guidance W] [--seed S]
     mlmlmlm live --emg bela[:HOST]|file:PATH|emulator --audio-in device|file:PATH
                  --out device|file:PATH --threshold-db X --run <phase>/<run> [--record DIR]
 """
@@ -75,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--run", help="stream: a trained translation run (default: random weights)")
     be.add_argument("--seconds", type=float, default=60.0,
                     help="stream: length of the end-to-end run (>= 60 for the underrun count)")
+
+    tr = sub.add_parser("translate", help="EMG file + audio prompt -> viola WAV (streaming path)")
+    tr.add_argument("--emg", type=Path, required=True, help="6-channel EMG WAV, any rate >= 1 kHz")
+    tr.add_argument("--prompt", type=Path, required=True, help="audio prompt WAV (start tokens)")
+    tr.add_argument("--out", type=Path, required=True, help="output WAV (written whole or not)")
+    tr.add_argument("--run", default="05_transformer/te2", help="<phase>/<run> or a run folder")
+    tr.add_argument("--scale", default="cpu", choices=["cpu", "paper", "smoke"])
+    tr.add_argument("--seconds", type=float, help="translate only the first N seconds of EMG")
+    tr.add_argument("--temperature", type=float, help="default: the run's generate section")
+    tr.add_argument("--guidance", type=float, help="classifier-free guidance weight (1: none)")
+    tr.add_argument("--seed", type=int, help="sampling seed (default: the run's)")
+    tr.add_argument("--data-root", type=Path,
+                    help="the corpus the run was trained on (its EMG scale; default corpus)")
 
     from mlmlmlm.live.app import add_arguments
 
@@ -162,15 +177,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         if out is not None:  # None on the non-main ranks of torchrun
             print(json.dumps(out))
         return 0
+    if args.cmd == "translate":
+        from mlmlmlm.translate import run_translate
+
+        return run_translate(args)
     if args.cmd == "live":
         from mlmlmlm.live.app import run_live
 
         return run_live(args)
     if args.cmd == "bench":
         from mlmlmlm import bench
+        from mlmlmlm.live.app import LiveError
 
-        out = bench.bench_codec() if args.what == "codec" else bench.bench_stream(
-            args.run, seconds=args.seconds)
+        try:
+            out = bench.bench_codec() if args.what == "codec" else bench.bench_stream(
+                args.run, seconds=args.seconds)
+        except LiveError as err:
+            print(f"mlmlmlm bench: {err}", file=sys.stderr)
+            return 2
         print(json.dumps(out, indent=None if args.json else 2))
         return 0
     raise AssertionError(args.cmd)

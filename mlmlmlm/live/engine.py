@@ -15,9 +15,10 @@ is an underrun (silence, counted), one that comes later is dropped (counted).
 Phrases. An onset of the :class:`~mlmlmlm.live.trigger.RmsTrigger` starts one (also while one
 plays: a retrigger): the translator is reset and started from the latest ``prompt_s`` of
 instrument audio. It ends after ``phrase_s`` (None: open-ended), at the next onset, when the
-instrument falls silent (``end_on_silence``), or when the EMG is lost (board disconnected, or an
-EMG dropout; see :mod:`mlmlmlm.live.sources`). After a reconnect a phrase resumes by itself if the
-instrument is still sounding.
+instrument falls silent (``end_on_silence``), when the EMG is lost (board disconnected, or an
+EMG dropout; see :mod:`mlmlmlm.live.sources`), or on *overload*, when compute has fallen
+``overload_s`` behind the output (a translator slower than real time). After a reconnect or an
+overload a phrase resumes by itself if the instrument is still sounding.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class EngineConfig:
     block: int = 256
     ring_s: float = 8.0
     offset_window_s: float = 10.0
+    overload_s: float = 0.5
     speed: float = 1.0
 
     def __post_init__(self) -> None:
@@ -91,6 +93,7 @@ class EngineStats:
     gap_samples: int = 0
     dropped_samples: int = 0
     dropouts: int = 0
+    overloads: int = 0  # phrases cut because compute fell overload_s behind
     connects: int = 0
     disconnects: int = 0
     phrases: int = 0
@@ -227,9 +230,10 @@ class Engine:
             self._end_phrase("emg dropout")
         if not c.repaired.shape[1]:
             return
-        if self._resume_pending:
+        if self._resume_pending and self.inbox.empty():  # (no backlog left to catch up on)
             self._resume_pending = False
-            self._begin_phrase("resume")
+            if not self.trigger.silent:
+                self._begin_phrase("resume")
         if self.rec is not None:
             self.rec.emg(c.repaired, src_sr)
         st.emg_level_db = [level_db(p) for p in np.mean(c.repaired.astype(np.float64) ** 2, 1)]
@@ -249,6 +253,12 @@ class Engine:
             p.emg_index = self.cond.out_count - c.emg.shape[1]
             p.emg_origin = self.cond.origin
             self.ring.expect(p.start_pos)
+        behind = self.ring.read_pos - (p.start_pos + p.produced)
+        if behind > self.cfg.overload_s * self.sr:  # compute cannot keep up: stop, catch up
+            self.stats.overloads += 1
+            self._end_phrase("overload")
+            self._resume_pending = True  # with the next block, if the instrument still sounds
+            return
         t0 = time.perf_counter()
         y = np.asarray(self.tr.push_emg(c.emg), np.float32).reshape(-1)
         self._spent(time.perf_counter() - t0)
@@ -265,7 +275,7 @@ class Engine:
         if ev.kind == "connected":
             self.stats.connects += 1
             # the phrase resumes with the first block after the reconnect (which shows the gap)
-            self._resume_pending = self._resume and not self.trigger.silent
+            self._resume_pending = self._resume
             self._resume = False
         elif ev.kind == "disconnected":
             self.stats.disconnects += 1
@@ -291,7 +301,7 @@ class Engine:
         n = None if self.cfg.phrase_s is None else round(self.cfg.phrase_s * self.sr)
         self.phrase = Phrase(self.stats.phrases, reason, length=n)
         self._event("phrase_start", phrase=self.phrase.index, reason=reason,
-                    audio_sample=self.trigger.position)
+                    prompt_end=self.prompt.count)  # the prompt: audio_in up to this sample
 
     def _end_phrase(self, reason: str) -> None:
         p, self.phrase = self.phrase, None

@@ -16,6 +16,8 @@ scheduling, playout delay) plus that frame. The per-frame compute comes from the
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from mlmlmlm.live.emulator import BLOCK
@@ -66,15 +68,16 @@ class EnvelopeTranslator:
 
 
 def onset_emg(n_onsets: int, period_s: float, sr: float, on_s: float = 0.3, level: float = 0.3,
-              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+              align: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """EMG of ``n_onsets`` noise bursts, one every ``period_s`` (first at ``period_s``), silent in
-    between: float32 ``[6, T]`` and the onset frames ``[n_onsets]``. Onsets fall at varying
-    places inside Bela's 1024-frame buffers, so the latency spread covers the buffering."""
+    between: float32 ``[6, T]`` and the onset frames ``[n_onsets]`` (multiples of ``align``).
+    Onsets fall at varying places inside Bela's 1024-frame buffers."""
     rng = np.random.default_rng(seed)
     n = int((n_onsets + 1) * period_s * sr)
     emg = np.zeros((6, n), np.float32)
     onsets = (np.arange(1, n_onsets + 1) * period_s * sr).astype(int)
     onsets += rng.integers(0, BLOCK, n_onsets)  # a different place in the buffer each time
+    onsets = onsets // align * align
     for f in onsets:
         m = int(on_s * sr)
         emg[:, f:f + m] = level * rng.standard_normal((6, m))
@@ -95,3 +98,171 @@ def detect_onsets(y: np.ndarray, sr: float, threshold: float, min_gap_s: float,
             out.append(i * hop - hop + int(j[0]))
         last = i
     return np.asarray(out, int)
+
+
+# ----------------------------------------------------------------------------- translators
+def random_translator(seed: int = 0):
+    """The default preset (production cpu codecs ``02_audio_codec/audio_codec`` and
+    ``04_emg_codec/emg_codec``, transformer ``05_transformer/te2_frame``) with random weights:
+    the compute of the real thing, none of its sound."""
+    import torch
+
+    from mlmlmlm.config import load_run_config
+    from mlmlmlm.models.codec import Codec
+    from mlmlmlm.models.transformer import TranslationTransformer
+    from mlmlmlm.stream import Translator
+
+    torch.manual_seed(seed)
+    codecs = []
+    for run in ("02_audio_codec/audio_codec", "04_emg_codec/emg_codec"):
+        c = Codec(load_run_config(run, "cpu").model)
+        c(0.1 * torch.randn(4, c.cfg.in_channels, 256 * c.cfg.hop))  # k-means init: 1024 frames
+        codecs.append(c.eval())
+    model = TranslationTransformer(load_run_config("05_transformer/te2_frame", "cpu").model)
+    return Translator(model.eval(), *codecs)
+
+
+def trained_translator(run: str, scale: str = "cpu"):
+    """The translator of a trained run (``<phase>/<run>`` or its folder), or a one-line LiveError."""
+    from mlmlmlm.live.app import load_translator
+
+    return load_translator(run, scale, envelope=False)
+
+
+# ----------------------------------------------------------------------------- measurements
+def _stats_ms(x) -> dict:
+    x = 1000.0 * np.asarray(x, float)
+    return {"p50": float(np.percentile(x, 50)), "p99": float(np.percentile(x, 99)),
+            "max": float(x.max()), "mean": float(x.mean()), "n": int(x.size)}
+
+
+def compute_per_frame(translator, seconds: float = 10.0, chunk: int | None = None) -> dict:
+    """Per-frame compute of ``translator`` on ``seconds`` of random EMG pushed ``chunk`` EMG
+    samples at a time (default one EMG hop; the engine pushes a Bela buffer's worth)."""
+    from mlmlmlm.stream import streaming_rtf
+
+    rng = np.random.default_rng(0)
+    emg = (0.3 * rng.standard_normal((6, int(seconds * translator.emg_sr)))).astype(np.float32)
+    prompt = (0.1 * rng.standard_normal(4 * translator.audio_hop)).astype(np.float32)
+    r = streaming_rtf(translator, emg, prompt, chunk)
+    times = np.asarray(translator.frame_times)
+    return {"chunk_emg_samples": chunk or translator.emg_hop, "frame_ms": _stats_ms(times),
+            "frame_period_ms": 1000.0 * r["frame_period_s"], "rtf": r["rtf"],
+            "rtf_p99": r["p99"] / r["frame_period_s"], "start_ms": 1000.0 * r["start_s"]}
+
+
+def latency_budget(translator, board_sr: float, playout_ms: float, out_block: int,
+                   out_device_ms: float = 0.0) -> dict:
+    """The algorithmic latency from an EMG sample's capture to its sound, by part (ms)."""
+    from mlmlmlm.live.sources import StreamResampler
+
+    frame_ms = 1000.0 * translator.audio_hop / translator.audio_sr
+    parts = {
+        "bela_buffer_ms": 1000.0 * BLOCK / board_sr,  # pybela delivers 1024-frame buffers
+        "resampler_ms": 1000.0 * StreamResampler(board_sr, translator.emg_sr, 6).delay
+        / translator.emg_sr,
+        "emg_hop_ms": 1000.0 * translator.emg_hop / translator.emg_sr,
+        "audio_hop_ms": frame_ms,
+        "lookahead_ms": max(0.0, translator.latency_ms - frame_ms),
+        "playout_ms": playout_ms,
+        "output_block_ms": 1000.0 * out_block / translator.audio_sr,
+        "output_device_ms": out_device_ms,
+    }
+    # A Bela buffer is whole frames (1024 = 4 x 256 board frames = 4 x 32 EMG samples): the
+    # frame an onset falls in is complete when its buffer is, so the hops add nothing after it.
+    # The output block is where a sample is copied out, not a wait: it is listed, not added.
+    total = sum(v for k, v in parts.items() if k not in ("emg_hop_ms", "audio_hop_ms",
+                                                         "output_block_ms"))
+    return parts | {"total_ms": total, "note": "total = bela_buffer + resampler + lookahead + "
+                    "playout + output_device (hops fall inside the buffer)"}
+
+
+def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.2, playout_ms: float = 40.0,
+               board_sr: float = 22050.0, block: int = 256, seed: int = 0) -> dict:
+    """Replay EMG onsets through the emulator and pybela into the engine; onset to sound (ms).
+
+    Onsets sit on EMG-frame boundaries at random places in Bela's buffers (a frame model answers
+    an onset inside a frame at the frame's start: that quantisation is the model's, not the
+    engine's). The play time of an output sample is when the output read its block (wall clock).
+    """
+    import tempfile
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from mlmlmlm.live.audio_io import ClockOutput, FileInput
+    from mlmlmlm.live.engine import Engine, EngineConfig
+    from mlmlmlm.live.sources import EmulatorEmgSource
+
+    n_onsets = max(1, int(seconds / period_s) - 1)
+    frame = round(board_sr / translator.emg_sr) * translator.emg_hop  # board frames per hop
+    emg, onsets = onset_emg(n_onsets, period_s, board_sr, align=frame, seed=seed)
+    sr = translator.audio_sr
+    # the instrument sounds from 0.2 s to 2 s past the onsets (the EMG clock starts when pybela
+    # connects); silent EMG goes on after that, so the phrase ends with the audio, not a stall
+    t = np.arange(int((emg.shape[1] / board_sr + 2.0) * sr)) / sr
+    emg = np.concatenate([emg, np.zeros((6, int(4.0 * board_sr)), np.float32)], axis=1)
+    audio = np.where(t > 0.2, 0.3 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
+    reads: list[tuple[float, np.ndarray]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "instrument.wav"
+        sf.write(path, audio, int(sr))
+        src = EmulatorEmgSource(emg, board_sr, loop=False, quiet=True)
+        cfg = EngineConfig(playout_ms=playout_ms, block=block, end_on_silence=False)
+        eng = Engine(translator, src, FileInput(path, sr, block),
+                     lambda ring, tap: ClockOutput(ring, block, lambda x: reads.append(
+                         (time.monotonic(), x))), cfg, log=lambda m: None)
+        eng.start()
+        eng.wait(until_end=True, every_s=0.05)
+        summary = eng.stop()
+    y = np.concatenate([x for _, x in reads])
+    ends = np.cumsum([len(x) for _, x in reads])
+    read_t = np.array([t for t, _ in reads])
+    got = detect_onsets(y, sr, threshold=0.05, min_gap_s=0.5 * period_s)
+    lat = []
+    for f in onsets:
+        t_emg = src.emulator.frame_time(f)
+        for p in got:
+            k = int(np.searchsorted(ends, p, side="right"))  # the read that played sample p
+            if k >= len(read_t):
+                break
+            t_play = read_t[k] - (ends[k] - p) / (sr * eng.clock.speed)
+            if 0 <= t_play - t_emg < 0.5:
+                lat.append(t_play - t_emg)
+                break
+    lat_ms = 1000.0 * np.asarray(lat)
+    return {"onsets": len(onsets), "matched": len(lat), "seconds": eng.clock.seconds(),
+            "latency_ms": {"mean": float(lat_ms.mean()), "sd": float(lat_ms.std()),
+                           "min": float(lat_ms.min()), "max": float(lat_ms.max())}
+            if len(lat) else None,
+            "underrun_blocks": summary["underrun_blocks"],
+            "underrun_samples": summary["underrun_samples"], "phrases": summary["phrases"],
+            "errors": summary["errors"]}
+
+
+def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 40.0) -> dict:
+    """The translator in the engine, real time, EMG from the emulator through pybela, ``seconds``
+    long: underruns, and the engine's compute per pushed Bela buffer."""
+    r = end_to_end(translator, seconds, playout_ms=playout_ms)
+    return {k: r[k] for k in ("seconds", "underrun_blocks", "underrun_samples", "phrases",
+                              "errors")}
+
+
+def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: float = 40.0) -> dict:
+    """Everything ``mlmlmlm bench stream --json`` prints (see the module doc)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)  # one frame is too small for two threads on a busy machine
+    tr = trained_translator(run) if run else random_translator()
+    out = {"translator": run or "random weights, default preset (audio_codec, emg_codec, "
+           "te2_frame at the cpu scale)", "threads": 1, "cpu_count": os.cpu_count(),
+           "compute": compute_per_frame(tr),
+           "compute_bela_chunks": compute_per_frame(tr, chunk=BLOCK // 8),
+           "algorithmic": latency_budget(tr, 22050.0, playout_ms, 256)}
+    out["end_to_end"] = end_to_end(EnvelopeTranslator(), seconds, playout_ms=playout_ms) | {
+        "translator": "EnvelopeTranslator (one frame, no compute): the engine's latency"}
+    out["real_time"] = underruns_real_time(tr, seconds, playout_ms) | {"translator": out[
+        "translator"]}
+    return out

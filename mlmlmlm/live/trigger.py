@@ -150,12 +150,14 @@ class PromptBuffer:
         self.size = int(size)
         self._buf = np.zeros(self.size, np.float32)
         self._n = 0
+        self.count = 0  # samples pushed in all: latest() ends there
 
     def push(self, audio: np.ndarray) -> None:
         x = np.asarray(audio, np.float32).reshape(-1)[-self.size:]
         self._buf = np.roll(self._buf, -len(x))
         self._buf[self.size - len(x):] = x
         self._n = min(self.size, self._n + len(x))
+        self.count += np.size(audio)
 
     def latest(self) -> np.ndarray:
         return self._buf[self.size - self._n:].copy()

@@ -7,9 +7,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages: the sampled viola (FluidR3), Chromium for the browser tests, libsndfile.
+# Debian packages: the sampled viola (FluidR3), Chromium for the browser tests, libsndfile,
+# PortAudio for the live engine's sound card (without it `mlmlmlm live` runs on files only).
 # (CI on Ubuntu passes its own list: its runner has Chrome and chromedriver already.)
-APT_PACKAGES := fluid-soundfont-gm chromium chromium-driver libsndfile1
+APT_PACKAGES := fluid-soundfont-gm chromium chromium-driver libsndfile1 libportaudio2
 # Where pip finds the torch wheel: empty = the configured index (the CPU wheel on our machines);
 # CI points it at PyTorch's CPU-only index so that no CUDA build is pulled.
 TORCH_INDEX ?=

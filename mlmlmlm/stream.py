@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from mlmlmlm.data.preprocess import StreamingEmgFilter
 from mlmlmlm.models.codec import Codec
 from mlmlmlm.models.transformer import StepOutput, TranslationTransformer
 
@@ -77,26 +76,6 @@ class CodeLookup:
 
 def codec_device(codec: Codec) -> torch.device:
     return next(codec.parameters()).device
-
-
-class EmgPrep:
-    """Raw EMG chunks ``[C, n]`` at the EMG codec's rate -> what the codec was trained on: the
-    causal EMG filter (:class:`~mlmlmlm.data.preprocess.StreamingEmgFilter`, high-pass and mains
-    notch, state kept across chunks) and division by the corpus's per-channel ``scale`` [C]
-    (:func:`mlmlmlm.data.dataset.emg_scale`). The dataset filters at the recording's rate before
-    resampling; here the filter runs at the codec's rate (both stages lie far below its Nyquist)."""
-
-    def __init__(self, sr: float, scale: np.ndarray | None = None, *, highpass_hz: float = 1.0,
-                 mains_hz: float = 50.0):
-        self.filter = StreamingEmgFilter(sr, highpass_hz=highpass_hz, mains_hz=mains_hz)
-        self.scale = None if scale is None else np.asarray(scale, np.float32)[:, None]  # [C, 1]
-
-    def reset(self) -> None:
-        self.filter.reset()
-
-    def __call__(self, chunk: np.ndarray) -> np.ndarray:
-        y = self.filter(chunk)
-        return y if self.scale is None else y / self.scale
 
 
 class _Codes:
@@ -169,13 +148,15 @@ class Translator:
         self.reset()
 
     @classmethod
-    def from_run(cls, run_dir, **kw) -> Translator:
-        """A translator from a trained 05_transformer run folder (the codecs it was trained on
-        are found through its checkpoint; see ``recipes.transformer.load_translation``)."""
-        from mlmlmlm.recipes.transformer import load_translation
+    def from_run(cls, run_dir, *, data_root=None, **kw) -> Translator:
+        """A translator from a trained 05_transformer run folder: the model and the codecs it
+        was trained on (hashes checked), its ``generate`` settings (``kw`` overrides them) and,
+        unless ``emg_prep`` is given, an :class:`~mlmlmlm.translate.EmgPrep` with the EMG codec
+        run's filter and the scale of the corpus at ``data_root`` (default: the default corpus),
+        so raw EMG at :attr:`emg_sr` goes in. See :func:`mlmlmlm.translate.translator_from_run`."""
+        from mlmlmlm.translate import translator_from_run
 
-        model, _cfg, audio_codec, emg_codec = load_translation(run_dir)
-        return cls(model, audio_codec, emg_codec, **kw)
+        return translator_from_run(run_dir, data_root=data_root, cls=cls, **kw)
 
     # ---- rates and sizes ------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ import torch
 from mlmlmlm.data.preprocess import filter_emg
 from mlmlmlm.models.codec import Codec, CodecConfig
 from mlmlmlm.models.transformer import TransformerConfig, TranslationTransformer
-from mlmlmlm.stream import EmgPrep, StreamError, Translator, streaming_rtf
+from mlmlmlm.stream import StreamError, Translator, streaming_rtf
+from mlmlmlm.translate import EmgPrep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

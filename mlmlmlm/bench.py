@@ -239,3 +239,78 @@ def bench_stream(run: str | None = None, seconds: float = 62.0) -> dict:
     from mlmlmlm.live.latency import bench_stream as bench_live
 
     return bench_live(run, seconds=seconds)
+
+
+def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: float = 60.0,
+                          context_s: float = 6.0, reps: int = 3, device: str = "cpu") -> dict:
+    """Generation speed of the translation Transformer (``05_transformer/te2`` at ``scale``,
+    random weights) with ``layout``, at the codecs' frame rate of that scale.
+
+    * uncached: one teacher-forced forward over a ``context_s`` context, what a generator without
+      caches pays for each new token (flat) or frame (frame layout);
+    * cached: ``seconds`` of generation through the KV caches with a ``context_s`` sliding
+      window (the streaming translator's default), EMG appended frame by frame as it would
+      arrive; the median per-frame time over the half second before ``context_s`` and over the
+      last half second (at ``seconds``): with the window these stay the same.
+
+    Times per frame (``step_ms_*``: every level of one frame) and per token (``token_ms_*``:
+    one code of one level); tokens/s count codes.
+    """
+    from mlmlmlm.models.transformer import TranslationTransformer
+
+    cfg = load_run_config("05_transformer/te2", scale, overrides={"model.layout": layout})
+    rate = load_run_config("02_audio_codec/audio_codec", scale).model.frame_rate
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = TranslationTransformer(cfg.model).to(dev).eval()
+    m, n_q = cfg.model, cfg.model.n_q
+    ctx, total = max(2, round(context_s * rate)), max(2, round(seconds * rate))
+    g = torch.Generator(device=dev).manual_seed(0)
+    audio = torch.randint(0, m.codebook_size, (1, n_q, ctx), device=dev, generator=g)
+    emg = torch.randint(0, m.emg_codebook_size, (1, m.emg_n_q, total + 1), device=dev,
+                        generator=g)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def forward():
+        model(audio, emg[:, :, :ctx])
+        sync()
+
+    with torch.inference_mode():
+        t_fwd = _median_time(forward, reps)
+        cache = model.new_cache(1, max_cache_frames=ctx)
+        model.append_emg(cache, emg[:, :, :1])
+        model.prime(cache, audio[:, :, :1])
+        times = []
+        for t in range(1, total + 1):  # frame t needs EMG frames <= t
+            t0 = time.perf_counter()
+            model.append_emg(cache, emg[:, :, t:t + 1])
+            model.step(cache, generator=g)
+            sync()
+            times.append(time.perf_counter() - t0)
+    k = max(5, round(0.5 * rate))
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    at_ctx, at_end = median(times[max(0, ctx - k):ctx]), median(times[-k:])
+    per_forward = 1 if layout == "flat" else n_q  # codes an uncached forward yields
+    return {"scale": scale, "layout": layout, "device": dev.type, "params": model.num_params(),
+            "frame_rate": rate, "context_frames": ctx, "generated_frames": total,
+            "uncached_forward_ms": 1e3 * t_fwd, "uncached_tokens_per_s": per_forward / t_fwd,
+            "cached_tokens_per_s": n_q / at_ctx,
+            "cached_speedup": (n_q / at_ctx) / (per_forward / t_fwd),
+            f"step_ms_{context_s:g}s": 1e3 * at_ctx, f"step_ms_{seconds:g}s": 1e3 * at_end,
+            f"token_ms_{context_s:g}s": 1e3 * at_ctx / n_q,
+            f"token_ms_{seconds:g}s": 1e3 * at_end / n_q,
+            "step_ratio_end_to_context": at_end / at_ctx,
+            "generation_rtf": at_ctx * rate, "cache": cache.size()}
+
+
+def bench_transformer(scales: tuple[str, ...] = ("cpu", "paper"),
+                      layouts: tuple[str, ...] = ("flat", "frame"), seconds: float = 60.0,
+                      context_s: float = 6.0, device: str = "cpu") -> dict:
+    """Everything ``mlmlmlm bench transformer --json`` prints (introduced in 05_transformer)."""
+    return {"device": device, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "seconds": seconds, "context_s": context_s,
+            "runs": [bench_transformer_run(s, lay, seconds, context_s, device=device)
+                     for s in scales for lay in layouts]}

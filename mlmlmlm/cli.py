@@ -9,7 +9,7 @@ Introduced in notebook 01_dataset (README shows each command).
     mlmlmlm data build [--out data/default] [--minutes N] [--seed S] [--smoke]
     mlmlmlm train <phase>/<run> [--scale cpu|paper|smoke] [--run-dir DIR] [--data-root DIR]
                   [--set KEY=VALUE ...] [--eval] [--force]     (no notebook; torchrun-able)
-    mlmlmlm bench codec|stream [--json] [--run <phase>/<run>]
+    mlmlmlm bench codec|stream|transformer [--json] [--run <phase>/<run>]
     mlmlmlm translate --emg EMG.wav --prompt PROMPT.wav --out OUT.wav [--run 05_transformer/te2]
                   [--scale cpu] [--seconds N] [--temperature T] [--guidance W] [--seed S]
     mlmlmlm live --emg bela[:HOST]|file:PATH|emulator --audio-in device|file:PATH
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="start over when the run dir holds a checkpoint of another configuration")
 
     be = sub.add_parser("bench", help="benchmarks that print JSON")
-    be.add_argument("what", choices=["codec", "stream"])
+    be.add_argument("what", choices=["codec", "stream", "transformer"])
     be.add_argument("--json", action="store_true", help="print JSON only")
     be.add_argument("--run", help="stream: a trained translation run (default: random weights)")
     be.add_argument("--seconds", type=float, default=60.0,
@@ -190,8 +190,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from mlmlmlm.live.app import LiveError
 
         try:
-            out = bench.bench_codec() if args.what == "codec" else bench.bench_stream(
-                args.run, seconds=args.seconds)
+            if args.what == "transformer":  # generation speed, random weights
+                out = bench.bench_transformer()
+            else:
+                out = bench.bench_codec() if args.what == "codec" else bench.bench_stream(
+                    args.run, seconds=args.seconds)
         except LiveError as err:
             print(f"mlmlmlm bench: {err}", file=sys.stderr)
             return 2

@@ -195,3 +195,19 @@ def test_schedules_warm_up_for_15_percent_and_fit_the_budget():
             assert t.warmup_steps == pytest.approx(0.15 * t.max_steps, abs=1), (run, scale)
         cpu = load_run_config(run, "cpu")
         assert cpu.model.d_model == 128 and cpu.model.codebook_size == 1024
+
+
+def test_bench_transformer_reports_cached_and_uncached_speed():
+    from mlmlmlm.bench import bench_transformer_run
+    from mlmlmlm.cli import _parser
+
+    assert _parser().parse_args(["bench", "transformer", "--json"]).what == "transformer"
+    for layout, per_forward in (("flat", 1), ("frame", 4)):
+        r = bench_transformer_run("smoke", layout, seconds=0.6, context_s=0.3, reps=1)
+        ctx = r["context_frames"]
+        assert ctx == round(0.3 * r["frame_rate"]) and r["generated_frames"] == round(0.6 * 86.13)
+        assert r["uncached_tokens_per_s"] == pytest.approx(per_forward * 1e3 / r["uncached_forward_ms"])
+        assert r["cached_tokens_per_s"] == pytest.approx(4e3 / r["step_ms_0.3s"])
+        assert r["token_ms_0.6s"] == pytest.approx(r["step_ms_0.6s"] / 4)
+        # the sliding window keeps the caches at the context: ctx frames of audio and EMG
+        assert r["cache"]["emg"] <= ctx and r["cache"]["self"] <= ctx * (4 if layout == "flat" else 1)

@@ -140,3 +140,15 @@ def test_token_crops_and_held_out_windows(smoke_codecs, smoke_corpus):
     assert [(w["name"], w["start"]) for w in again] == [(w["name"], w["start"]) for w in win]
     with pytest.raises(Exception, match="shorter than one crop"):
         T.TokenDataset(tracks, T.TokenDataConfig(crop_frames=10**6), pair.frame_rate, train=True)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+def test_production_codec_configs_align_at_every_scale(scale):
+    from mlmlmlm.config import load_run_config
+
+    cfg = load_run_config("05_transformer/te2", scale)
+    a = load_run_config(cfg.codecs.audio, scale).model
+    e = load_run_config(cfg.codecs.emg, scale).model
+    assert a.frame_rate == pytest.approx(e.frame_rate, rel=1e-12), (a.frame_rate, e.frame_rate)
+    assert (cfg.model.n_q, cfg.model.codebook_size) == (a.n_q, a.codebook_size)
+    assert (cfg.model.emg_n_q, cfg.model.emg_codebook_size) == (e.n_q, e.codebook_size)

@@ -9,8 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages: the sampled viola (FluidR3), Chromium for the browser tests, libsndfile,
 # PortAudio for the live engine's sound card (without it `mlmlmlm live` runs on files only).
-# (CI on Ubuntu passes its own list: its runner has Chrome and chromedriver already.)
-APT_PACKAGES := fluid-soundfont-gm chromium chromium-driver libsndfile1 libportaudio2
+# CI on Ubuntu sets BROWSER_PACKAGES empty: its runner has Chrome and chromedriver already.
+BROWSER_PACKAGES ?= chromium chromium-driver
+APT_PACKAGES := fluid-soundfont-gm $(BROWSER_PACKAGES) libsndfile1 libportaudio2
 # Where pip finds the torch wheel: empty = the configured index (the CPU wheel on our machines);
 # CI points it at PyTorch's CPU-only index so that no CUDA build is pulled.
 TORCH_INDEX ?=

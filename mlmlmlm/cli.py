@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("what", choices=["codec", "stream", "transformer"])
     be.add_argument("--json", action="store_true", help="print JSON only")
     be.add_argument("--run", help="stream: a trained translation run (default: random weights)")
-    be.add_argument("--seconds", type=float, default=60.0,
-                    help="stream: length of the end-to-end run (>= 60 for the underrun count)")
+    be.add_argument("--seconds", type=float, default=62.0,
+                    help="stream: length of each real-time run (62 s: 55 onsets, >= 60 s)")
 
     tr = sub.add_parser("translate", help="EMG file + audio prompt -> viola WAV (streaming path)")
     tr.add_argument("--emg", type=Path, required=True, help="6-channel EMG WAV, any rate >= 1 kHz")

@@ -58,13 +58,29 @@ class OutputRing:
         self.underrun_samples = self.underrun_blocks = 0
         self.late_samples = self.overflow_samples = 0
 
+    @property
+    def written_until(self) -> int:
+        """The end of the latest phrase's samples written so far (an output position)."""
+        return self._written
+
     def position_at(self, t: float) -> float:
         """The output position being played at ``time.monotonic()`` ``t`` (interpolated)."""
         return self.read_pos + (t - self._read_t) * self.sr * self.clock.speed
 
+    def fade_out(self, stop: int, n: int) -> None:
+        """A linear fade to zero over the ``n`` samples before ``stop`` (those not yet read), so a
+        phrase cut there ends without a click."""
+        with self._lock:
+            lo = max(stop - n, self.read_pos)
+            i = lo - (stop - n)
+            ramp = np.linspace(1.0, 0.0, n + 1, dtype=np.float32)[1:]
+            for a, b in self._slices(lo, stop):
+                self._buf[a:b] *= ramp[i : i + b - a]
+                i += b - a
+
     def expect(self, start: int) -> None:
         """A phrase starts at ``start``: samples are due from there on (open-ended); anything an
-        earlier phrase left at or after ``start`` is discarded."""
+        earlier phrase left at or after ``start`` is discarded (fade it out before: ``fade_out``)."""
         with self._lock:
             for a, b in self._slices(max(start, self.read_pos), max(start, self._written)):
                 self._buf[a:b] = 0.0

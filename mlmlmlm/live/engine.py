@@ -14,7 +14,8 @@ is an underrun (silence, counted), one that comes later is dropped (counted).
 
 Phrases. An onset of the :class:`~mlmlmlm.live.trigger.RmsTrigger` starts one (also while one
 plays: a retrigger): the translator is reset and started from the latest ``prompt_s`` of
-instrument audio. It ends after ``phrase_s`` (None: open-ended), at the next onset, when the
+instrument audio. Where a phrase is cut, the last ``fade_ms`` of it fade out (no click). It ends
+after ``phrase_s`` (None: open-ended), at the next onset, when the
 instrument falls silent (``end_on_silence``), when the EMG is lost (board disconnected, or an
 EMG dropout; see :mod:`mlmlmlm.live.sources`), or on *overload*, when compute has fallen
 ``overload_s`` behind the output (a translator slower than real time). After a reconnect or an
@@ -65,6 +66,7 @@ class EngineConfig:
     ring_s: float = 8.0
     offset_window_s: float = 10.0
     overload_s: float = 0.5
+    fade_ms: float = 5.0
     speed: float = 1.0
 
     def __post_init__(self) -> None:
@@ -119,6 +121,7 @@ class Engine:
         self.trigger = RmsTrigger(self.sr, self.cfg.trigger)
         self.prompt = PromptBuffer(max(1, round(self.cfg.prompt_s * self.sr)))
         self.stats = EngineStats()
+        self.fade = max(1, round(self.cfg.fade_ms * self.sr / 1e3))  # samples, at cuts
         self.cond: EmgConditioner | None = None
         self.phrase: Phrase | None = None
         self.events: list[dict] = []
@@ -170,7 +173,7 @@ class Engine:
             if seconds is not None and now_s >= seconds:
                 return
             if until_end and self.audio_ended and self.phrase is None and \
-                    self.ring.read_pos >= self.ring._written + self.sr * self.cfg.playout_ms / 1e3:
+                    self.ring.read_pos >= self.ring.written_until + self.sr * self.cfg.playout_ms / 1e3:
                 return
             if status is not None:
                 status(self.status_line())
@@ -252,6 +255,8 @@ class Engine:
             p.start_pos = round(frame * ratio + offset + self.schedule_ms() * self.sr / 1e3)
             p.emg_index = self.cond.out_count - c.emg.shape[1]
             p.emg_origin = self.cond.origin
+            if self.ring.written_until > p.start_pos:  # an earlier phrase went on past here
+                self.ring.fade_out(p.start_pos, self.fade)
             self.ring.expect(p.start_pos)
         behind = self.ring.read_pos - (p.start_pos + p.produced)
         if behind > self.cfg.overload_s * self.sr:  # compute cannot keep up: stop, catch up
@@ -308,6 +313,7 @@ class Engine:
         if p is None:
             return
         if p.start_pos is not None:
+            self.ring.fade_out(p.start_pos + p.produced, min(self.fade, p.produced))
             self.ring.close_span(p.start_pos + p.produced)
         self._event("phrase_end", phrase=p.index, reason=reason, start_pos=p.start_pos,
                     samples=p.produced, emg_index=p.emg_index, emg_origin=p.emg_origin)

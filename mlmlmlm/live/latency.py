@@ -177,7 +177,7 @@ def latency_budget(translator, board_sr: float, playout_ms: float, out_block: in
                     "playout + output_device (hops fall inside the buffer)"}
 
 
-def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.2, playout_ms: float = 40.0,
+def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout_ms: float = 40.0,
                board_sr: float = 22050.0, block: int = 256, seed: int = 0) -> dict:
     """Replay EMG onsets through the emulator and pybela into the engine; onset to sound (ms).
 

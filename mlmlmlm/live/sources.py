@@ -114,6 +114,7 @@ class BelaEmgSource:
         self._thread: threading.Thread | None = None
         self._pending: dict[int, dict[str, np.ndarray]] = {}
         self._last_data = 0.0
+        self._said = ""  # the last connection error reported
 
     def wait_connected(self, timeout: float) -> bool:
         """Block until the first connection (the sample rate is then known)."""
@@ -178,9 +179,10 @@ class BelaEmgSource:
                 sink(SourceEvent("stopped" if self._stop.is_set() else "disconnected",
                                  f"{url}: {why}"))
             except (OSError, ConnectionError, TimeoutError) as err:
-                msg = " ".join(str(err).split())
-                if self.connects == 0 and not self._stop.is_set():
-                    sink(SourceEvent("error", f"no board at {url}: {msg}"))
+                msg = f"no board at {url}: {' '.join(str(err).split())}; retrying"
+                if msg != self._said and not self._stop.is_set():  # once, not every retry
+                    self._said = msg
+                    sink(SourceEvent("error", msg))
             except Exception as err:  # noqa: BLE001 (pybela raises bare exceptions)
                 sink(SourceEvent("error", f"pybela: {type(err).__name__}: {err}"))
             finally:
@@ -281,7 +283,9 @@ class StreamResampler:
     ``scipy.signal.resample_poly``, run with state; delay ``delay`` output samples)."""
 
     def __init__(self, sr_from: float, sr_to: float, channels: int) -> None:
-        self.up, self.down = resample_ratio(sr_from, sr_to)
+        # a WAV holds whole hertz: a 2756 Hz file is the 2756.25 Hz codec rate, not 11025/11024
+        same = abs(sr_from - sr_to) <= 1e-3 * sr_to
+        self.up, self.down = (1, 1) if same else resample_ratio(sr_from, sr_to)
         self.channels = channels
         if self.up == self.down == 1:
             self.h, self.delay = None, 0.0

@@ -20,10 +20,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn.utils import parametrize
 
 from mlmlmlm.models.codec import Codec
 from mlmlmlm.models.transformer import StepOutput, TranslationTransformer
+from mlmlmlm.translate import inference_copy
 
 DEFAULT_WINDOW_S = 6.0  # sliding window over both caches: the paper's 6-s training windows
 MIN_PROMPT_FRAMES = 1  # the shortest prompt: one audio frame (the paper's 2048 samples)
@@ -32,50 +32,6 @@ MAX_PIECE_FRAMES = 64  # a large push is worked through in pieces of this many E
 
 class StreamError(ValueError):
     """A problem with what a translator was given (one line, no traceback needed)."""
-
-
-def inference_copy(codec: Codec) -> Codec:
-    """A frozen copy of a causal rvq codec for streaming: eval mode, no gradients, weight norm
-    folded into plain weights once (instead of recomputed at every chunk). The caller's codec
-    is left as it was; the copy's outputs equal the original's."""
-    cfg = codec.cfg
-    if not cfg.causal or cfg.bottleneck != "rvq":
-        raise StreamError(f"streaming translation needs causal rvq codecs (causal={cfg.causal}, "
-                          f"bottleneck={cfg.bottleneck!r})")
-    copy = Codec(cfg).to(codec_device(codec))
-    copy.load_state_dict(codec.state_dict())
-    for m in [m for m in copy.modules() if parametrize.is_parametrized(m)]:
-        for name in list(m.parametrizations.keys()):
-            parametrize.remove_parametrizations(m, name, leave_parametrized=True)
-    return copy.eval().requires_grad_(False)
-
-
-class CodeLookup:
-    """Audio codes [B, n_q, n] -> latents [B, D, n], equal to ``codec.codes_to_latents`` but from
-    a table built once: per frame, the library's range checks and rearranges cost more than the
-    lookup itself. Checked against the codec's own lookup when built."""
-
-    def __init__(self, codec: Codec):
-        rvq, cfg = codec.bottleneck.rvq, codec.cfg
-        idx = torch.arange(cfg.codebook_size).repeat(cfg.n_q, 1).T[None]  # [1, K, n_q]
-        with torch.inference_mode():
-            self.table = rvq.get_codes_from_indices(idx.to(codec_device(codec)))[:, 0]  # [n_q, K, d]
-        self.project_out = rvq.project_out
-        self.levels = torch.arange(cfg.n_q, device=self.table.device)[:, None, None]
-        g = torch.Generator().manual_seed(0)
-        probe = torch.randint(0, cfg.codebook_size, (2, cfg.n_q, 7), generator=g)
-        probe = probe.to(self.table.device)
-        with torch.inference_mode():
-            if not torch.allclose(self(probe), codec.codes_to_latents(probe), atol=1e-5):
-                raise AssertionError("CodeLookup disagrees with the codec's codes_to_latents")
-
-    def __call__(self, codes: Tensor) -> Tensor:
-        v = self.table[self.levels, codes.transpose(0, 1)]  # [n_q, B, n, d]
-        return self.project_out(v.sum(0)).transpose(1, 2)  # [B, n, d] -> [B, D, n]
-
-
-def codec_device(codec: Codec) -> torch.device:
-    return next(codec.parameters()).device
 
 
 class _Codes:
@@ -100,7 +56,7 @@ class Translator:
     ----------
     model : TranslationTransformer in eval mode; its levels and codebooks match the codecs'.
     audio_codec, emg_codec : causal rvq codecs with equal frame rates (copied, see
-        :func:`inference_copy`; the originals are not touched).
+        :func:`~mlmlmlm.translate.inference_copy`; the originals are not touched).
     temperature, top_k, top_p : sampling (:func:`~mlmlmlm.models.transformer.sample_logits`);
         temperature 0 is argmax. Plain attributes: they may change between pushes.
     guidance : classifier-free guidance weight w: logits uncond + w (cond - uncond), the
@@ -134,7 +90,6 @@ class Translator:
         self.model = model
         self.audio_codec, self.emg_codec = inference_copy(audio_codec), inference_copy(emg_codec)
         self.device = next(model.parameters()).device
-        self._latents = CodeLookup(self.audio_codec)
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
         self._guidance = float(guidance)
         W = max_cache_frames or round(DEFAULT_WINDOW_S * self.frame_rate)
@@ -394,8 +349,7 @@ class Translator:
             step = self.model.step(self.cache, temperature=self.temperature, top_k=self.top_k,
                                    top_p=self.top_p, guidance=self.guidance,
                                    generator=self.generator)
-            z = self._latents(step.codes[:, :, None])  # [1, D, 1]
-            wav = self.audio_codec.decode_stream(z)  # [1, 1, hop]
+            wav = self.audio_codec.decode_codes_stream(step.codes[:, :, None])  # [1, 1, hop]
             out.append(wav[0, 0].float().cpu().numpy())
             self._codes.append(step.codes.T)  # [n_q, 1]
             self.frame_times.append(time.perf_counter() - t0 + self._carry)
@@ -414,6 +368,10 @@ def check_finite(x: np.ndarray, what: str) -> None:
 def check_compatible(model: TranslationTransformer, audio_codec: Codec, emg_codec: Codec) -> None:
     """Raise :class:`StreamError` naming the first mismatch between the model and its codecs."""
     m, a, e = model.cfg, audio_codec.cfg, emg_codec.cfg
+    for what, c in (("audio", a), ("EMG", e)):
+        if not c.causal or c.bottleneck != "rvq":
+            raise StreamError(f"streaming needs causal rvq codecs; the {what} codec has "
+                              f"causal={c.causal}, bottleneck={c.bottleneck!r}")
     pairs = [("audio levels n_q", m.n_q, a.n_q), ("audio codebook", m.codebook_size, a.codebook_size),
              ("EMG levels n_q", m.emg_n_q, e.n_q), ("EMG codebook", m.emg_codebook_size, e.codebook_size)]
     for what, mine, theirs in pairs:

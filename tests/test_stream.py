@@ -255,3 +255,23 @@ def test_streaming_rtf_reports_every_frame(codecs):
     assert 0 < out["p50"] <= out["p99"] <= out["max"]
     assert out["rtf"] == pytest.approx(sum(t.frame_times) / (49 * out["frame_period_s"]))
     print({k: round(v, 5) for k, v in out.items()})
+
+
+def test_frozen_codec_copies_give_the_library_codes(codecs):
+    from torch.nn.utils import parametrize
+
+    from mlmlmlm.translate import FrozenRVQ
+
+    t = Translator(tiny_model(), *codecs)
+    x = {1: 0.3 * torch.randn(1, 1, 40 * HOP), 6: 0.3 * torch.randn(1, 6, 40 * HOP)}
+    for copy, orig in ((t.audio_codec, codecs[0]), (t.emg_codec, codecs[1])):
+        assert copy is not orig and isinstance(copy.bottleneck, FrozenRVQ)  # the fast search
+        assert not any(parametrize.is_parametrized(m) for m in copy.modules())  # norm folded
+        with torch.no_grad():
+            a, b = copy.encode(x[copy.cfg.in_channels]), orig.encode(x[orig.cfg.in_channels])
+        assert torch.equal(a.codes, b.codes) and torch.allclose(a.z, b.z, atol=1e-5)
+    assert parametrize.is_parametrized(codecs[0].encoder.layers[0])  # the caller's untouched
+    centred = Codec(CodecConfig(in_channels=1, channels=4, c_mults=[1, 2], strides=[2, 4],
+                                latent_dim=8, n_q=N_Q, codebook_size=K, sample_rate=SR))
+    with pytest.raises(StreamError, match="audio codec has causal=False"):
+        Translator(tiny_model(), centred.eval(), codecs[1])

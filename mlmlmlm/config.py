@@ -70,6 +70,9 @@ class EvalConfig:
     # EMG channels are measured at this rate (22050/8 Hz: the 20-500 Hz EMG band with room to
     # spare), whatever rate the codec runs at, so upsampled and native codecs compare fairly
     emg_sr: float = 2756.25
+    # further held-out splits measured the same way (e.g. [test_real], the real-EMG-driven
+    # recordings); their figures go in the card with the split's name as suffix
+    also_splits: list[str] = field(default_factory=list)
 
 
 # Sections whose dataclass lives beside the code that uses it (nanoGPT-style small configs),

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mlmlmlm.data.preprocess import resample
+from mlmlmlm.melody import pitch_report
 from mlmlmlm.nn.quantize import code_perplexity, code_usage
 
 # Fixed STFT resolutions of the evaluation distances (hop = fft/4, Hann). Fewer than the 7 of the
@@ -151,40 +152,6 @@ def loudness_error_db(recon, orig, sr: float, a_weighting: bool = True) -> Tenso
     return (lr - lo).abs().mean(-1)
 
 
-def f0_error_cents(
-    recon,
-    orig,
-    sr: float,
-    fmin: float = 110.0,
-    fmax: float = 1760.0,
-    frame_length: int = 2048,
-    gate_db: float = -40.0,
-) -> Tensor:
-    """Mean absolute pitch difference in cents over the original's voiced frames.
-
-    f0 by ``librosa.yin`` (fast; viola range A2..A6 by default). A frame counts as voiced when the
-    original's frame RMS is within ``gate_db`` of its loudest frame and above -80 dBFS; windows
-    without voiced frames give NaN.
-
-    Returns
-    -------
-    Tensor[N x C]
-    """
-    recon, orig = _pair(recon, orig)
-    fmax = min(fmax, 0.45 * sr)
-    hop = frame_length // 4
-    kw = {"fmin": fmin, "fmax": fmax, "sr": sr, "frame_length": frame_length, "hop_length": hop}
-    f_r = librosa.yin(recon.numpy(), **kw)  # [N, C, frames]
-    f_o = librosa.yin(orig.numpy(), **kw)
-    rms = librosa.feature.rms(y=orig.numpy(), frame_length=frame_length, hop_length=hop)[..., 0, :]
-    rms_db = 20 * np.log10(rms + 1e-12)
-    voiced = (rms_db > rms_db.max(-1, keepdims=True) + gate_db) & (rms_db > -80.0)
-    cents = np.abs(1200 * np.log2(f_r / f_o))
-    with np.errstate(invalid="ignore"):
-        err = np.where(voiced, cents, 0).sum(-1) / voiced.sum(-1)
-    return torch.as_tensor(err, dtype=torch.float32)
-
-
 # -------------------------------------------------------------------------------------- EMG metrics
 def emg_envelope(x, sr: float, cutoff_hz: float = 10.0) -> np.ndarray:
     """Linear envelope: full-wave rectification then a zero-phase 4th-order Butterworth low-pass.
@@ -306,6 +273,32 @@ def identifiability(originals, recons, fft_sizes=EVAL_FFT_SIZES) -> Tensor:
     return torch.stack(out).float()
 
 
+def band_resynthesis(x, sr: float, hop: int, n_bands: int = 16, n_fft: int = 256,
+                     seed: int = 0) -> Tensor:
+    """What a codec could at best keep of a noise-like signal: each window resynthesised from its
+    own energy in ``n_bands`` mel bands (nearly linear below 1 kHz) every ``hop`` samples, with
+    random phase. Its identifiability is the ceiling chapter 4 compares EMG codecs with.
+
+    ``x``: Tensor[N x C x T] -> Tensor[N x C x T]."""
+    x = _nct(x)
+    n, c, t = x.shape
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(x.reshape(n * c, t), n_fft, hop, window=window, return_complex=True)
+    power = spec.abs().pow(2)  # [N*C, F, frames]
+    fb = torch.as_tensor(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_bands, fmin=0.0,
+                                             fmax=sr / 2, htk=True, norm=None))  # [B, F]
+    mean_power = (fb @ power) / fb.sum(1, keepdim=True)[None]  # [N*C, B, frames]
+    share = fb / fb.sum(0, keepdim=True).clamp_min(1e-12)  # each bin's split over the bands
+    flat = share.T @ mean_power  # [N*C, F, frames]: each bin at its bands' mean power
+    gen = torch.Generator().manual_seed(seed)
+    phase = torch.rand(flat.shape, generator=gen) * 2 * math.pi
+    y = torch.istft(torch.polar(flat.sqrt(), phase), n_fft, hop, window=window, length=t)
+    # overlapping frames of random phase add in power, not in amplitude: restore the level
+    y = y * (x.reshape(n * c, t).pow(2).mean(-1, keepdim=True)
+             / y.pow(2).mean(-1, keepdim=True).clamp_min(1e-20)).sqrt()
+    return y.reshape(n, c, t)
+
+
 def inspection(ident, threshold: float = 0.5) -> str:
     """Numeric stand-in for the paper's inspection column: ``"successful"`` when the mean
     identifiability over channels is at least ``threshold`` (default 0.5, i.e. at least half of
@@ -350,6 +343,7 @@ def evaluate_codec(
     batch_size: int = 8,
     threshold: float = 0.5,
     emg_sr: float | None = None,
+    true_vibrato_depth=None,
 ) -> dict:
     """All codec metrics on held-out windows, as plain Python numbers (JSON-ready).
 
@@ -370,12 +364,16 @@ def evaluate_codec(
         (polyphase, anti-aliased) before any EMG metric, so that codecs running at different
         rates (the upsampled 44.1 kHz one, the native one) are measured on the same band and the
         same time-frequency grid. ``None``: measure at ``sr``.
+    true_vibrato_depth : array [N], optional
+        Ground-truth vibrato depth of each window (its control curve's mean): the vibrato
+        correlation of :func:`mlmlmlm.melody.pitch_report` is taken over windows where it is > 0.
 
     Returns
     -------
     dict
         ``{metric: {"per_channel": {c: mean over windows}, "mean": mean over channels}}`` for
-        every metric, plus ``"inspection"``, ``"n_windows"``, ``"sr"``, ``"emg_sr"`` and, for
+        every metric, plus ``"inspection"``, ``"n_windows"``, ``"sr"``, ``"emg_sr"``, with audio
+        ``"pitch": {metric: value}`` and ``"vibrato": {...}`` (:mod:`mlmlmlm.melody`) and, for
         rvq, ``"codebook": {"usage": [n_q], "perplexity": [n_q]}``.
     """
     windows = _nct(windows)
@@ -400,7 +398,10 @@ def evaluate_codec(
         if modality == "audio":
             result["mel_distance"] = _summary(mel_distance(r, o, rate), a)
             result["loudness_error_db"] = _summary(loudness_error_db(r, o, rate), a)
-            result["f0_error_cents"] = _summary(f0_error_cents(r, o, rate), a)
+            # pitch and vibrato of the first audio channel (mlmlmlm.melody states the tracker)
+            rep = pitch_report(r[:, 0].numpy(), o[:, 0].numpy(), rate, true_vibrato_depth)
+            result["pitch"] = rep["mean"]
+            result["vibrato"] = rep["vibrato"]
         else:
             result["envelope_correlation"] = _summary(envelope_correlation(r, o, rate), e)
             result["median_frequency_error"] = _summary(median_frequency_error(r, o, rate), e)

@@ -145,26 +145,113 @@ def load_codec(run_dir: str | Path, use_ema: bool = True):
     return load_for_eval(path, build_codec(cfg), use_ema=use_ema), cfg
 
 
-def eval_windows(cfg: RunConfig, data_root: str | Path, n: int | None = None) -> torch.Tensor:
-    """The fixed held-out windows ``[N, C, T]`` of the run's eval split (same list every call)."""
+def eval_items(cfg: RunConfig, data_root: str | Path, split: str | None = None,
+               n: int | None = None) -> list[dict]:
+    """The fixed held-out windows of ``split`` (default the run's eval split): dataset items
+    ``{"x": [C, T], "controls": {...} (when the corpus has them), "name", "start_s"}``."""
     from mlmlmlm.data.dataset import fixed_eval_windows
 
     # whole held-out windows (the paper's 6 s), not the shorter training crops
     dc = data_config(cfg, data_root)
     dc = dataclasses.replace(dc, segment=min(int(cfg.eval.window_s * dc.sr), dc.window_samples))
-    items = fixed_eval_windows(dc, cfg.eval.split, n or cfg.eval.n_windows)
-    return torch.stack([it["x"] for it in items])
+    return fixed_eval_windows(dc, split or cfg.eval.split, n or cfg.eval.n_windows)
+
+
+def eval_windows(cfg: RunConfig, data_root: str | Path, n: int | None = None,
+                 split: str | None = None) -> torch.Tensor:
+    """The fixed held-out windows ``[N, C, T]`` of the run's eval split (same list every call)."""
+    return torch.stack([it["x"] for it in eval_items(cfg, data_root, split, n)])
+
+
+def _true_depth(items: list[dict]) -> np.ndarray | None:
+    # [N] mean ground-truth vibrato depth per window, or None without control curves
+    if not all("vibrato_depth" in it.get("controls", {}) for it in items):
+        return None
+    return np.array([float(it["controls"]["vibrato_depth"].mean()) for it in items])
 
 
 def evaluate_codec(cfg: RunConfig, model, data_root: str | Path) -> dict[str, Any]:
-    """All held-out metrics of DESIGN §4 for this codec (see :mod:`mlmlmlm.evaluate`)."""
+    """All held-out metrics of DESIGN §4 for this codec (see :mod:`mlmlmlm.evaluate`), on the
+    eval split and on each of ``eval.also_splits`` (under ``"splits"``), plus, for an EMG codec
+    on a corpus with control curves, the control probe (:func:`control_probe`)."""
+    from mlmlmlm.data.io import DataError
     from mlmlmlm.evaluate import evaluate_codec as _evaluate
 
-    x = eval_windows(cfg, data_root)
     audio = list(cfg.loss.audio_channels)
-    emg = [c for c in range(x.shape[1]) if c not in audio]
-    return _evaluate(model, x, cfg.model.sample_rate, audio, emg,
-                     threshold=cfg.eval.inspection_threshold, emg_sr=cfg.eval.emg_sr)
+
+    def measure(items):
+        x = torch.stack([it["x"] for it in items])
+        emg = [c for c in range(x.shape[1]) if c not in audio]
+        return _evaluate(model, x, cfg.model.sample_rate, audio, emg,
+                         threshold=cfg.eval.inspection_threshold, emg_sr=cfg.eval.emg_sr,
+                         true_vibrato_depth=_true_depth(items))
+
+    items = eval_items(cfg, data_root)
+    result = measure(items)
+    for split in cfg.eval.also_splits:
+        try:
+            result.setdefault("splits", {})[split] = measure(eval_items(cfg, data_root, split))
+        except (DataError, ValueError, RuntimeError) as e:  # no such split in this folder
+            result.setdefault("splits", {})[split] = {"not_computed": str(e).splitlines()[0]}
+    if not audio:
+        result["control_probe"] = control_probe(cfg, model, data_root, items)
+        result["band_ceiling"] = band_ceiling(cfg, model, items)
+    return result
+
+
+def band_ceiling(cfg: RunConfig, model, items: list[dict]) -> dict:
+    """Identifiability of the 16-band random-phase resynthesis of the held-out EMG windows at the
+    codec's frame hop, measured at ``eval.emg_sr`` like the codec (chapter 4's ceiling)."""
+    from mlmlmlm.data.preprocess import resample
+    from mlmlmlm.evaluate import band_resynthesis, identifiability
+
+    x = torch.stack([it["x"] for it in items]).numpy()
+    sr, rate = float(cfg.model.sample_rate), float(cfg.eval.emg_sr)
+    if rate != sr:
+        x = resample(x, sr, rate)
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    hop = max(1, round(rate / model.cfg.frame_rate))
+    ident = identifiability(x, band_resynthesis(x, rate, hop))
+    return {"identifiability": float(ident.mean()), "per_channel": ident.tolist(), "hop": hop,
+            "n_bands": 16}
+
+
+def control_probe(cfg: RunConfig, model, data_root: str | Path, test_items: list[dict]) -> dict:
+    """Ridge probe (:mod:`mlmlmlm.probe`) from the codec's quantized latents, frame by frame, to
+    the corpus's control curves, fit on the train split's windows, R² on ``test_items``; beside
+    the same probe fed the original EMG's envelopes at the codec's frame rate (the ceiling).
+
+    Returns ``{"latents": {"r2", "mean"}, "envelopes": {...}, "ratio"}`` or ``{"not_computed":
+    reason}`` when the corpus has no control curves."""
+    from mlmlmlm import probe
+
+    train_items = eval_items(cfg, data_root, "train")
+    if not all(it.get("controls") for it in (*train_items, *test_items)):
+        return {"not_computed": "the corpus has no control curves"}
+    names = [k for k in probe.PROBE_CONTROLS if k in test_items[0]["controls"]]
+    sr, rate = float(cfg.model.sample_rate), float(model.cfg.frame_rate)
+
+    def rows(items):
+        x = torch.stack([it["x"] for it in items])
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            z = torch.cat([model.encode(b).z for b in x.split(8)])  # [N, D, frames]
+            model.train(was)
+        lat, env = [], []
+        for it, zi in zip(items, z, strict=True):
+            n = zi.shape[-1]
+            c_rate = len(next(iter(it["controls"].values()))) * sr / it["x"].shape[-1]
+            y = probe.frame_controls({k: it["controls"][k].numpy() for k in names}, c_rate,
+                                     rate, n, names)
+            lat.append((zi.T.numpy().astype(np.float64), y))
+            env.append((probe.envelope_features(it["x"].numpy().astype(np.float64), sr, rate, n), y))
+        return lat, env
+
+    (lat_a, env_a), (lat_b, env_b) = rows(train_items), rows(test_items)
+    out = {"latents": probe.probe(lat_a, lat_b, names), "envelopes": probe.probe(env_a, env_b, names)}
+    out["ratio"] = out["latents"]["mean"] / out["envelopes"]["mean"]
+    return out
 
 
 def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root: str | Path,
@@ -186,10 +273,33 @@ def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root
         "inspection": ev["inspection"], "paper_inspection": cfg.paper.get("inspection"),
         "n_eval_windows": ev["n_windows"],
     }
-    for key, value in ev.items():
-        if isinstance(value, dict) and "mean" in value and key != "identifiability":
-            out[f"eval_{key}"] = value["mean"]
-    why = {}
+    out |= _eval_figures(ev)
+    for split, sub in ev.get("splits", {}).items():
+        if "not_computed" in sub:
+            out[f"identifiability_{split}"] = None
+            out.setdefault("not_computed", {})[f"identifiability_{split}"] = sub["not_computed"]
+            continue
+        ident_s = [v for c, v in sub["identifiability"]["per_channel"].items() if c in audio]
+        out[f"identifiability_{split}"] = ident_s[0] if ident_s else sub["identifiability"]["mean"]
+        out |= {f"{k}_{split}": v for k, v in _eval_figures(sub).items()}
+    cp = ev.get("control_probe")
+    if cp and "not_computed" not in cp:
+        out["probe_r2_latents"] = cp["latents"]["mean"]
+        out["probe_r2_envelopes"] = cp["envelopes"]["mean"]
+        out["probe_ratio"] = cp["ratio"]
+        out["probe_r2_per_control"] = cp["latents"]["r2"]
+    elif cp:
+        out.setdefault("not_computed", {})["probe_r2_latents"] = cp["not_computed"]
+    if "band_ceiling" in ev:
+        out["band_ceiling_identifiability"] = ev["band_ceiling"]["identifiability"]
+        if emg:
+            out["identifiability_vs_ceiling"] = float(np.mean(emg)) / max(
+                ev["band_ceiling"]["identifiability"], 1e-9)
+    if "envelope_correlation" in ev:
+        out["envelope_correlation_per_channel"] = [
+            ev["envelope_correlation"]["per_channel"][c]
+            for c in sorted(ev["envelope_correlation"]["per_channel"])]
+    why = out.pop("not_computed", {})
     for key, value in out.items():
         if isinstance(value, float) and not np.isfinite(value):
             silent = out.get("eval_silent_fraction")
@@ -200,6 +310,19 @@ def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root
     if "codebook" in ev:
         out["codebook_usage"] = ev["codebook"]["usage"]
         out["codebook_perplexity"] = ev["codebook"]["perplexity"]
+    return out
+
+
+def _eval_figures(ev: dict[str, Any]) -> dict[str, Any]:
+    # the card's eval_* keys: every per-channel metric's mean, pitch and vibrato figures
+    out = {f"eval_{k}": v["mean"] for k, v in ev.items()
+           if isinstance(v, dict) and "mean" in v and k != "identifiability"}
+    out |= {f"eval_{k}": v for k, v in ev.get("pitch", {}).items()}
+    vib = ev.get("vibrato", {})
+    if vib:
+        out["eval_vibrato_depth_correlation"] = vib["depth_correlation"]
+        out["eval_vibrato_depth_orig_cents"] = vib["depth_orig_cents"]
+        out["eval_vibrato_depth_recon_cents"] = vib["depth_recon_cents"]
     return out
 
 

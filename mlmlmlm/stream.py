@@ -152,8 +152,10 @@ class Translator:
 
     @property
     def min_prompt_samples(self) -> int:
-        """The shortest prompt at the audio codec's rate: ``min_prompt_frames`` hops (1 hop:
-        2048 samples = 46 ms at the paper scale, 256 samples = 11.6 ms at the cpu scale)."""
+        """The shortest prompt at the audio codec's rate: ``min_prompt_frames`` hops. One frame
+        by default, the paper's minimum (2048 samples = 46 ms at 44.1 kHz, the paper scale);
+        256 samples = 11.6 ms at 22.05 kHz at the cpu and smoke scales. Training crops start
+        from a single known frame too; a run's ``generate.prompt_s`` is the length it prefers."""
         return self.min_prompt_frames * self.audio_hop
 
     @property
@@ -213,8 +215,9 @@ class Translator:
         Parameters
         ----------
         prompt_audio : float array [n] (or [1, n]) at :attr:`audio_sr`, n >= :attr:`min_prompt_samples`;
-            its last ``P = n // audio_hop`` whole frames become the start tokens. None: start from
-            EMG alone (only a model trained with a learned start token, ``bos``).
+            its last ``P = n // audio_hop`` whole frames (at most ``max_cache_frames``) become the
+            start tokens. None: start from EMG alone (only a model trained with a learned start
+            token, ``bos``: a te2_bos run).
         prompt_emg : float array [C, m] at :attr:`emg_sr`, the EMG recorded with the prompt,
             m >= P * emg_hop (its last P frames are used, through ``emg_prep``). None: P frames of
             rest EMG (zeros).
@@ -249,7 +252,7 @@ class Translator:
                 f"the minimum is {self.min_prompt_samples} samples "
                 f"({1000 * self.min_prompt_samples / self.audio_sr:.1f} ms, "
                 f"{self.min_prompt_frames} frame(s) of {self.audio_hop} at {self.audio_sr:g} Hz)")
-        P = audio.size // self.audio_hop
+        P = min(audio.size // self.audio_hop, self.max_cache_frames)  # the window holds no more
         x = torch.from_numpy(audio[audio.size - P * self.audio_hop:]).to(self.device)
         prompt = self.audio_codec.encode(x[None, None]).codes  # [1, n_q, P], causal: no padding
         self.audio_codec.reset_stream()

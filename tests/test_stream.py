@@ -200,6 +200,9 @@ def test_prompt_minimum_and_start_token(codecs):
         t.start(None)
     with pytest.raises(StreamError, match="start"):
         Translator(tiny_model(), *codecs).push_emg(emg)
+    w = Translator(tiny_model(), *codecs, max_cache_frames=5)
+    assert w.start(np.zeros(9 * HOP, np.float32)).size == 5 * HOP  # the window holds 5 frames
+    assert w.prompt_frames == 5 and w.prompt_codes().shape == (N_Q, 5)
     b = Translator(tiny_model("frame", bos=True), *codecs, seed=0)
     assert b.start(None).size == 0
     assert b.push_emg(emg).size == 10 * HOP  # pushed EMG frame j is audio frame j

@@ -123,7 +123,7 @@ def test_bad_inputs_one_line_exit_2_no_file(capsys, te2, smoke_corpus, files, tm
 def test_bad_checkpoints_one_line_exit_2_no_file(capsys, te2, smoke_corpus, files, tmp_path):
     import shutil
 
-    from mlmlmlm.checkpoint import load_checkpoint
+    from mlmlmlm.checkpoint import load_checkpoint, save_atomic
 
     out, empty = tmp_path / "out" / "viola.wav", tmp_path / "empty"
     empty.mkdir()
@@ -131,10 +131,16 @@ def test_bad_checkpoints_one_line_exit_2_no_file(capsys, te2, smoke_corpus, file
     shutil.copytree(te2, broken)
     data = (broken / "checkpoint.pt").read_bytes()
     (broken / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # truncated
-    codec_dir = Path(load_checkpoint(te2 / "checkpoint.pt")["task"]["codecs"]["audio"]["run_dir"])
+    ckpt = load_checkpoint(te2 / "checkpoint.pt")
+    codec_dir = Path(ckpt["task"]["codecs"]["audio"]["run_dir"])
+    other = tmp_path / "other"  # trained, it says, on another audio codec checkpoint
+    other.mkdir()
+    ckpt["task"]["codecs"]["audio"]["sha256"] = "0" * 64
+    save_atomic(ckpt, other / "checkpoint.pt")
     for run, needle in ((empty, f"{empty / 'checkpoint.pt'}: no checkpoint"),
                         (broken, f"{broken / 'checkpoint.pt'}: not a readable checkpoint"),
-                        (codec_dir, "a codec checkpoint, not a translation run")):
+                        (codec_dir, "a codec checkpoint, not a translation run"),
+                        (other, f"{other / 'checkpoint.pt'}: trained on the audio codec")):
         code, io = translate(capsys, te2, smoke_corpus, out, files["emg"], files["prompt"],
                              run=run)
         lines = io.err.strip().splitlines()

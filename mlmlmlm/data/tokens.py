@@ -310,26 +310,36 @@ class TokenDataset(Dataset):
             index += [(i, s, length) for s, length in _windows(n, size, hop)]
         self.windows = np.asarray(index, dtype=np.int64).reshape(-1, 3)  # [N, 3]
         self._gen: torch.Generator | None = None
+        self._gen_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.windows)
 
+    def _generator(self) -> torch.Generator:
+        # re-seeded when torch's initial seed changes (DataLoader workers), as WindowDataset
+        seed = torch.initial_seed()
+        if self._gen is None or self._gen_seed != seed:
+            self._gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + seed) % 2**63)
+            self._gen_seed = seed
+        return self._gen
+
     def state_dict(self) -> dict:
-        return {"generator": None if self._gen is None else self._gen.get_state()}
+        """The crop sampler's state, for the checkpoint (a resumed run draws the same crops)."""
+        return {"generator": None if self._gen is None else self._gen.get_state(),
+                "seed": self._gen_seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self._gen = None
+        self._gen, self._gen_seed = None, None
         if state.get("generator") is not None:
             self._gen = torch.Generator()
             self._gen.set_state(state["generator"])
+            self._gen_seed = state["seed"]
 
     def __getitem__(self, i: int) -> dict:
         ti, start, length = (int(v) for v in self.windows[i])
         crop = self.cfg.crop_frames
         if self.train and length > crop:
-            if self._gen is None:
-                self._gen = torch.Generator().manual_seed(self.cfg.seed)
-            start += int(torch.randint(0, length - crop + 1, (1,), generator=self._gen))
+            start += int(torch.randint(0, length - crop + 1, (1,), generator=self._generator()))
         t = self.tracks[ti]
         return {"audio": t.audio[:, start:start + crop].long(),
                 "emg": t.emg[:, start:start + crop].long(), "name": t.name, "start": start}

@@ -54,6 +54,10 @@ def test_codecs_frozen_and_frames_align(smoke_codecs, smoke_corpus):
         with torch.inference_mode():
             want = pair.audio.encode(torch.from_numpy(a[None, :, :n * 256])).codes[0]
         assert torch.equal(t.audio.long(), want)
+    # paired_signals serves the same prepared signals (the reference audio of a token window)
+    for t, (name, a, e) in zip(tracks, T.paired_signals(pair, smoke_corpus, "val")):
+        assert name == t.name and a.shape[0] == 1 and e.shape[0] == 6
+        assert torch.equal(T.encode_pair(pair, name, a, e).emg, t.emg)
 
 
 def test_encoded_once_then_read(smoke_codecs, smoke_corpus, monkeypatch):

@@ -200,10 +200,13 @@ def encode_pair(pair: CodecPair, name: str, audio: np.ndarray, emg: np.ndarray) 
     return TokenTrack(name, a, e)
 
 
-def _encode_split(pair: CodecPair, data_root: Path, split: str, rates: list[float],
-                  progress: bool) -> list[TokenTrack]:
-    from tqdm import tqdm
-
+def paired_signals(pair: CodecPair, data_root: Path | str, split: str,
+                   rates: list[float] | None = None):
+    """Each recording of ``split`` (and its time-stretched copies at ``rates``) as the codecs see
+    it: yields ``(name, audio [1, n_a], emg [6, n_e])``, audio at the audio codec's rate and EMG
+    at the EMG codec's, prepared exactly as each codec run prepared its training data (EMG filter
+    and the corpus's EMG scale included). ``encode_pair`` turns them into aligned tokens; the
+    reference audio of a token window is ``audio[:, start * hop : (start + T) * hop]``."""
     from mlmlmlm.data.dataset import emg_scale, prepare, require_clean
     from mlmlmlm.data.io import DataError, find_recordings, load_recording
     from mlmlmlm.data.preprocess import time_stretch
@@ -215,16 +218,22 @@ def _encode_split(pair: CodecPair, data_root: Path, split: str, rates: list[floa
     if not chosen:
         raise DataError(data_root, f"split {split!r} has no recordings")
     scale = emg_scale(edc, refs)
-    out = []
-    for ref in tqdm(chosen, desc=f"tokens {split}", disable=not progress, unit="rec"):
+    for ref in chosen:
         rec = load_recording(ref)
         audio, emg = prepare(rec, adc, None), prepare(rec, edc, scale)  # [1, n_a], [6, n_e]
-        for rate in rates:
+        for rate in rates or [1.0]:
             name = ref.name if rate == 1.0 else f"{ref.name}@x{rate:g}"
-            a = audio if rate == 1.0 else time_stretch(audio, rate, adc.sr)
-            e = emg if rate == 1.0 else time_stretch(emg, rate, edc.sr)
-            out.append(encode_pair(pair, name, a, e))
-    return out
+            yield (name, audio if rate == 1.0 else time_stretch(audio, rate, adc.sr),
+                   emg if rate == 1.0 else time_stretch(emg, rate, edc.sr))
+
+
+def _encode_split(pair: CodecPair, data_root: Path, split: str, rates: list[float],
+                  progress: bool) -> list[TokenTrack]:
+    from tqdm import tqdm
+
+    signals = paired_signals(pair, data_root, split, rates)
+    return [encode_pair(pair, name, a, e)
+            for name, a, e in tqdm(signals, desc=f"tokens {split}", disable=not progress)]
 
 
 def cache_key(pair: CodecPair, data_root: Path | str, split: str, rates: list[float]) -> dict:

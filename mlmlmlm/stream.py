@@ -73,9 +73,10 @@ class Translator:
 
     Attributes
     ----------
-    frame_times : list of float, seconds of compute per generated frame: the EMG encoding and
-        appending of the push that made it ready (the first frame of a push carries it), its
-        transformer step and its audio decoding. :attr:`start_seconds` holds the priming.
+    frame_times : list of float, seconds of compute per generated frame: its transformer step,
+        an equal share of the audio decoding of the frames its piece of EMG made ready (decoded
+        in one call), and, for the first of them, the EMG encoding and appending before it.
+        :attr:`start_seconds` holds the priming.
     on_step : None or a callable given each frame's :class:`StepOutput` (logits, codes).
     """
 
@@ -345,21 +346,31 @@ class Translator:
             self.start_seconds += time.perf_counter() - t0
 
     def _generate(self) -> list[np.ndarray]:
-        """Every frame the appended EMG allows: step, decode, time; its audio chunks [hop]."""
-        out = []
+        """Every frame the appended EMG allows, one step each, then their audio decoded in one
+        call (a piece of k frames costs one decoder pass, not k); returns [k * hop] or []."""
+        codes, times = [], []
         while self._primed and self.model.frames_ready(self.cache):
             t0 = time.perf_counter()
             step = self.model.step(self.cache, temperature=self.temperature, top_k=self.top_k,
                                    top_p=self.top_p, guidance=self.guidance,
                                    generator=self.generator)
-            wav = self.audio_codec.decode_codes_stream(step.codes[:, :, None])  # [1, 1, hop]
-            out.append(wav[0, 0].float().cpu().numpy())
-            self._codes.append(step.codes.T)  # [n_q, 1]
-            self.frame_times.append(time.perf_counter() - t0 + self._carry)
-            self._carry = 0.0
+            codes.append(step.codes)  # [1, n_q]
+            times.append(time.perf_counter() - t0)
             if self.on_step is not None:
                 self.on_step(step)
-        return out
+        if not codes:
+            return []
+        t0 = time.perf_counter()
+        block = torch.stack(codes, 2)  # [1, n_q, k]
+        wav = self.audio_codec.decode_codes_stream(block)  # [1, 1, k * hop]
+        out = wav[0, 0].float().cpu().numpy()
+        self._codes.append(block[0])
+        # each frame: its step, an equal share of the decoding; the first also what waited
+        share = (time.perf_counter() - t0) / len(codes)
+        times[0] += self._carry
+        self._carry = 0.0
+        self.frame_times.extend(t + share for t in times)
+        return [out]
 
 
 def check_finite(x: np.ndarray, what: str) -> None:
@@ -396,14 +407,16 @@ def streaming_rtf(translator: Translator, emg: np.ndarray, prompt: np.ndarray | 
     -------
     dict: ``rtf`` (compute over the audio duration produced), ``p50``, ``p99``, ``max``
     (per-frame compute, seconds), ``frames``, ``frame_period_s``, ``wall_rtf`` (the whole push
-    loop by the clock) and ``start_s`` (encoding and priming the prompt).
+    loop by the clock), ``cpu_rtf`` (the CPU time this process spent in it: on a machine busy
+    with other work, and one torch thread, closer to what an idle core would take) and
+    ``start_s`` (encoding and priming the prompt).
     """
     chunk = chunk or translator.emg_hop
     translator.start(prompt)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, emg.shape[1], chunk):
         translator.push_emg(emg[:, i:i + chunk])
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     times = np.asarray(translator.frame_times)
     if not times.size:
         raise StreamError("no frame was generated: the EMG is shorter than one frame + lookahead")
@@ -412,4 +425,4 @@ def streaming_rtf(translator: Translator, emg: np.ndarray, prompt: np.ndarray | 
     return {"rtf": float(times.sum() / (times.size * period)), "p50": float(p50),
             "p99": float(p99), "max": float(times.max()), "frames": int(times.size),
             "frame_period_s": period, "wall_rtf": wall / (times.size * period),
-            "start_s": translator.start_seconds}
+            "cpu_rtf": cpu / (times.size * period), "start_s": translator.start_seconds}

@@ -76,7 +76,8 @@ def test_chunk_size_changes_nothing(codecs, layout, lookahead):
     assert audio.shape == (40 * HOP,) and np.abs(audio).max() > 0
     for chunk in (1, 7, 64):
         assert np.array_equal(runs[chunk][1], tokens), chunk
-        assert np.array_equal(runs[chunk][0], audio), chunk
+        assert np.allclose(runs[chunk][0], audio, atol=1e-5, rtol=0), chunk  # decoded in
+        # other blocks (one per push): the same samples up to float rounding
     other = Translator(m, *codecs, seed=6, guidance=2.0, top_p=0.95)
     translate(other, emg, prompt, 64)
     assert not np.array_equal(other.generated_codes(), tokens)  # the seed does matter

@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"  # CUDA when present, else CPU
     max_minutes: float | None = None  # wall-time budget of the whole run, across resumes
     find_unused_parameters: bool = False  # DDP only: for models with parameters a step skips
+    tensorboard: bool = True  # also log every row to TensorBoard event files in the run dir
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -237,6 +238,9 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
     window: dict[str, list] = {}  # loss name -> [sum of detached values, count]
     win_t0, win_n = t0, 0
 
+    # `tensorboard --logdir runs` reads these; metrics.jsonl stays the record
+    tb = _tensorboard(run_dir) if cfg.tensorboard and ctx.is_main else None
+
     def log() -> None:
         nonlocal metrics, window, win_t0, win_n
         metrics = D.all_mean({k: (s / n).item() for k, (s, n) in window.items()}, ctx)
@@ -251,6 +255,11 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
             run_dir.mkdir(parents=True, exist_ok=True)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if tb is not None:
+                for key, value in row.items():
+                    if key != "step":
+                        tb.add_scalar(f"{'train' if key in metrics else 'run'}/{key}", value, step)
+                tb.flush()
             bar.set_postfix(train=f"{metrics.get('train', float('nan')):.4g}", refresh=False)
         window, win_t0, win_n = {}, now, 0
 
@@ -315,6 +324,8 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
             p.requires_grad_(True)
         batches.close()
         bar.close()
+        if tb is not None:
+            tb.close()
     if stop.signum == signal.SIGINT:
         raise KeyboardInterrupt(f"training stopped at step {step}; checkpoint {ckpt_path}")
     if stop.signum is not None:
@@ -331,6 +342,14 @@ def _train(task, data, cfg, run_dir, ctx, extra, resume, progress) -> TrainResul
         model=model,
         ema_state=ema.state if ema else None,
     )
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer for ``run_dir`` (event files beside metrics.jsonl)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(log_dir=str(run_dir))
 
 
 def _data_state(data: Dataset) -> Any:

@@ -189,6 +189,10 @@ def test_card_says_why_a_metric_of_a_silent_codec_is_missing(tmp_path, smoke_cor
     assert m["eval_silent_fraction"] == 1.0
     assert m["not_computed"] == {"eval_median_frequency_error": (
         "the reconstructions are silent (below -40 dB of their originals)")}
+    # the budget is the step count: a run the time guard cut short says so on its card
+    short = codec_metrics(cfg, [{**log[0], "step": 1}], ev, smoke_corpus, 2.0)
+    assert short["max_steps"] == 2 and "stopped" not in m
+    assert short["stopped"].startswith("the time guard") and "step 1 of 2" in short["stopped"]
     write_json_atomic(tmp_path / "m.json", m)  # strict JSON: null, and the reason beside it
     back = json.loads((tmp_path / "m.json").read_text())
     assert back["eval_median_frequency_error"] is None

@@ -217,6 +217,14 @@ def test_train_logs_checkpoints_and_keeps_ema(tmp_path):
         "wall_s",
     } <= rows[0].keys()
     assert result.metrics["train"] == rows[-1]["train"] and result.samples_per_s > 0
+    # the same rows go to TensorBoard (`tensorboard --logdir runs`)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in events.Scalars("train/train")] == [2, 4, 6]
+    assert [e.value for e in events.Scalars("train/train")] == pytest.approx(
+        [r["train"] for r in rows])
+    assert "run/samples_per_s" in events.Tags()["scalars"]
     ckpt = C.load_checkpoint(result.checkpoint)
     assert ckpt["step"] == 6 and ckpt["config"] == {"model": {"channels": 4}, "path": "x"}
     assert ckpt["train_config"]["ema_decay"] == 0.9 and "torch" in ckpt["versions"]

@@ -271,8 +271,11 @@ def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root
         "identifiability_emg": float(np.mean(emg)) if emg else None,
         "identifiability_per_channel": [ident[c] for c in sorted(ident)],
         "inspection": ev["inspection"], "paper_inspection": cfg.paper.get("inspection"),
-        "n_eval_windows": ev["n_windows"],
+        "n_eval_windows": ev["n_windows"], "max_steps": int(cfg.train.max_steps),
     }
+    if steps < cfg.train.max_steps:  # the budget is the step count; the time guard cut it
+        out["stopped"] = (f"the time guard (train.max_minutes = {cfg.train.max_minutes:g}) cut "
+                          f"the run at step {steps} of {cfg.train.max_steps}")
     out |= _eval_figures(ev)
     for split, sub in ev.get("splits", {}).items():
         if "not_computed" in sub:

@@ -26,15 +26,21 @@ COMPARED, CURVES = "runs_compared.svg", "training_curves.svg"
 
 # The held-out metrics a comparison shows, in this order, those a run of the chapter has:
 # (run-card metrics key, label, "higher" or "lower" is better). Identifiability first: it is
-# what the inspection verdict is computed from.
+# what the inspection verdict is computed from; then pitch (raw pitch accuracy, or the older
+# cards' f0 error), the EMG envelopes, and the rest.
 PANELS = (
     ("identifiability_audio", "identifiability (audio)", "higher"),
     ("identifiability_emg", "identifiability (EMG, mean)", "higher"),
+    ("eval_raw_pitch_accuracy", "raw pitch accuracy", "higher"),
     ("eval_f0_error_cents", "f0 error (cents)", "lower"),
     ("eval_envelope_correlation", "envelope correlation", "higher"),
+    ("eval_median_cents_error", "median pitch error (cents)", "lower"),
     ("eval_loudness_error_db", "loudness error (dB)", "lower"),
     ("eval_median_frequency_error", "median frequency error (Hz)", "lower"),
 )
+# metrics on a 0-1 scale, drawn on the same axis (identifiability also shows threshold, chance)
+UNIT_RANGE = {"identifiability_audio", "identifiability_emg", "eval_raw_pitch_accuracy",
+              "eval_envelope_correlation"}
 MAX_PANELS = 4
 MAX_POINTS = 400  # per training curve: longer logs are averaged in bins (paper scale: 8,000 rows)
 
@@ -145,17 +151,19 @@ def compare_figure(cards: Sequence[dict]):
                 continue
             ax.barh(i, v, color=r.colour, height=0.65)
             ax.text(v, i, " " + fmt(v), va="center", fontsize=7)
+        low = min([0.0] + [v for v in vals if v is not None])
+        if key in UNIT_RANGE:
+            ax.set_xlim(low, 1.25)  # room for the value labels
+            ax.set_xticks([t for t in (-1, -0.5, 0, 0.25, 0.5, 0.75, 1) if t >= low])
+        else:
+            ax.set_xlim(low, 1.3 * top)
         if key.startswith("identifiability"):
-            ax.set_xlim(0, 1.25)  # room for the value labels
-            ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
             thr = next((r.threshold for r in rows if r.threshold is not None), None)
             chance = next((r.chance for r in rows if r.chance is not None), None)
             if thr is not None:
                 ax.axvline(thr, color="0.3", ls="--", lw=0.8)
             if chance is not None:
                 ax.axvline(chance, color="0.3", ls=":", lw=0.8)
-        else:
-            ax.set_xlim(min([0.0] + [v for v in vals if v is not None]), 1.3 * top)
         ax.set_title(f"{label} {'↑' if better == 'higher' else '↓'}")
         ax.tick_params(axis="y", length=0)
         ax.grid(axis="x", color="0.9", lw=0.5)

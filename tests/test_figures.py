@@ -121,3 +121,28 @@ def test_results_page_shows_the_figures_and_they_are_byte_stable(tmp_path):
         (runs / f"{card['name']}.json").unlink()
     text = write_results("02_audio_codec", tmp_path).read_text()
     assert "{figure}" not in text and not list(fig_dir.glob("*.svg"))
+
+
+def test_each_chapter_leads_with_identifiability_then_pitch_or_envelopes():
+    audio = {"identifiability_audio": 0.7, "eval_raw_pitch_accuracy": 0.9,
+             "eval_median_cents_error": 12.0, "eval_loudness_error_db": 2.0,
+             "eval_si_sdr": -3.0}
+    emg = {"identifiability_emg": 0.4, "eval_envelope_correlation": -0.2,
+           "eval_median_frequency_error": 30.0}
+
+    def panels(metrics):
+        cards = [{"name": f"r{i}", "status": "ok", "metrics": metrics} for i in range(2)]
+        return [p[0] for p in figures.panels_for(figures.rows_of(cards))]
+
+    assert panels(audio) == ["identifiability_audio", "eval_raw_pitch_accuracy",
+                             "eval_median_cents_error", "eval_loudness_error_db"]
+    assert panels(emg) == ["identifiability_emg", "eval_envelope_correlation",
+                           "eval_median_frequency_error"]
+    assert panels(audio | emg) == ["identifiability_audio", "identifiability_emg",
+                                   "eval_raw_pitch_accuracy", "eval_envelope_correlation"]
+    # a correlation below zero stays on its axis, and 0-1 metrics share the 0-1 scale
+    cards = [{"name": "a", "status": "ok", "metrics": emg},
+             {"name": "b", "status": "ok", "metrics": emg | {"eval_envelope_correlation": 0.5}}]
+    _, ident, env, _ = figures.compare_figure(cards).axes[:4]
+    assert env.get_xlim() == (-0.2, 1.25) and ident.get_xlim() == (0.0, 1.25)
+    assert [p.get_width() for p in env.patches] == [-0.2, 0.5]

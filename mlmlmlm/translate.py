@@ -36,6 +36,7 @@ from torch.nn.utils import parametrize
 
 from mlmlmlm.data.preprocess import StreamingEmgFilter
 from mlmlmlm.models.codec import Codec
+from mlmlmlm.nn.layers import SNAKE_EPS, Snake
 from mlmlmlm.nn.quantize import BottleneckOutput
 
 MIN_EMG_SR = 1000.0  # Hz: below this the EMG's band (about 25-480 Hz) does not fit
@@ -44,8 +45,8 @@ CHUNK_S = 0.25  # EMG pushed per call (the translator is chunk-size invariant)
 
 def inference_copy(codec: Codec) -> Codec:
     """A frozen copy of a causal rvq codec for streaming: eval mode, no gradients, weight norm
-    folded into plain weights once (instead of recomputed at every chunk), the RVQ a
-    :class:`FrozenRVQ` where it agrees. The caller's codec is left as it was; the copy's codes
+    folded into plain weights once (instead of recomputed at every chunk), each Snake a
+    :class:`FrozenSnake`, the RVQ a :class:`FrozenRVQ` where it agrees. The caller's codec is left as it was; the copy's codes
     are the original's and its outputs equal them to float rounding."""
     cfg = codec.cfg
     if not cfg.causal or cfg.bottleneck != "rvq":
@@ -57,8 +58,30 @@ def inference_copy(codec: Codec) -> Codec:
         for name in list(m.parametrizations.keys()):
             parametrize.remove_parametrizations(m, name, leave_parametrized=True)
     copy.eval().requires_grad_(False)
+    for parent in list(copy.modules()):  # Snake -> FrozenSnake: its constants computed once
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Snake):
+                setattr(parent, name, FrozenSnake(child))
     FrozenRVQ.replacing(copy)
     return copy
+
+
+class FrozenSnake(nn.Module):
+    """A trained :class:`~mlmlmlm.nn.layers.Snake` for inference: ``alpha`` and ``1 / (beta +
+    eps)`` computed once instead of at every call, then the fused forward's ops in its order
+    (bitwise the same values). ``x`` [B, C, T] -> [B, C, T]."""
+
+    def __init__(self, snake: Snake):
+        super().__init__()
+        with torch.no_grad():
+            alpha = snake.alpha.exp() if snake.logscale else snake.alpha
+            beta = snake.beta if snake.beta is not None else None
+            beta = alpha if beta is None else (beta.exp() if snake.logscale else beta)
+            self.register_buffer("alpha", alpha.detach().clone())  # [1, C, 1]
+            self.register_buffer("inv", (beta + SNAKE_EPS).reciprocal().detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.alpha * x).pow_(2).mul_(self.inv).add_(x)
 
 
 class FrozenRVQ(nn.Module):

@@ -264,16 +264,22 @@ def test_streaming_rtf_reports_every_frame(codecs):
 def test_frozen_codec_copies_give_the_library_codes(codecs):
     from torch.nn.utils import parametrize
 
-    from mlmlmlm.translate import FrozenRVQ
+    from mlmlmlm.nn.layers import Snake
+    from mlmlmlm.translate import FrozenRVQ, FrozenSnake
 
     t = Translator(tiny_model(), *codecs)
     x = {1: 0.3 * torch.randn(1, 1, 40 * HOP), 6: 0.3 * torch.randn(1, 6, 40 * HOP)}
     for copy, orig in ((t.audio_codec, codecs[0]), (t.emg_codec, codecs[1])):
         assert copy is not orig and isinstance(copy.bottleneck, FrozenRVQ)  # the fast search
         assert not any(parametrize.is_parametrized(m) for m in copy.modules())  # norm folded
+        snakes = sum(isinstance(m, Snake) for m in orig.modules())
+        assert snakes > 0 and sum(isinstance(m, FrozenSnake) for m in copy.modules()) == snakes
         with torch.no_grad():
             a, b = copy.encode(x[copy.cfg.in_channels]), orig.encode(x[orig.cfg.in_channels])
         assert torch.equal(a.codes, b.codes) and torch.allclose(a.z, b.z, atol=1e-5)
+        with torch.no_grad():
+            y, want = copy.decode_codes(a.codes), orig.decode_codes(a.codes)
+        assert torch.allclose(y, want, atol=1e-6, rtol=0)
     assert parametrize.is_parametrized(codecs[0].encoder.layers[0])  # the caller's untouched
     centred = Codec(CodecConfig(in_channels=1, channels=4, c_mults=[1, 2], strides=[2, 4],
                                 latent_dim=8, n_q=N_Q, codebook_size=K, sample_rate=SR))

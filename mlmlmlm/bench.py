@@ -17,9 +17,11 @@ import torch
 
 from mlmlmlm.config import load_run_config
 
-# (run, scales) measured: the audio codec and both EMG codecs (upsampled and native rate).
+# (run, scales) measured: the audio codec and both EMG codecs (upsampled and native rate), and
+# the two production codecs the later chapters load (causal, streamable).
+PRODUCTION_RUNS = ("02_audio_codec/audio_codec", "04_emg_codec/emg_codec")
 BENCH_RUNS = ("02_audio_codec/a_rvq_vae_1", "04_emg_codec/emg_rvq_vae",
-              "04_emg_codec/emg_rvq_vae_native")
+              "04_emg_codec/emg_rvq_vae_native", *PRODUCTION_RUNS)
 
 
 def _median_time(fn: Callable[[], None], reps: int, warmup: int = 1) -> float:
@@ -217,6 +219,8 @@ def bench_codec(scales: tuple[str, ...] = ("cpu", "paper")) -> dict:
             # paper scale on CPU: one short item, so the benchmark finishes in minutes
             kw = {"batch": 1, "seconds": 0.75, "reps": 1} if scale == "paper" else {}
             out["runs"].append(bench_codec_run(run, scale, **kw))
+    # the production codecs chunk by chunk at the cpu scale: 1-frame chunks, as the live engine
+    out["production_streaming"] = [production_stream(run) for run in PRODUCTION_RUNS]
     by = {(r["run"], r["scale"]): r for r in out["runs"]}
     for scale in scales:
         up = by.get(("04_emg_codec/emg_rvq_vae", scale))
@@ -230,6 +234,17 @@ def bench_codec(scales: tuple[str, ...] = ("cpu", "paper")) -> dict:
                 "encode_time_ratio": up["encode_rtf"] / nat["encode_rtf"],
             }
     return out
+
+
+def production_stream(run: str, scale: str = "cpu", chunk_frames: int = 1,
+                      seconds: float = 10.0) -> dict:
+    """Per-chunk streaming compute (encode + decode, p50/p99/max ms), real-time factor and
+    latency of a production codec (:func:`mlmlmlm.bench_stream.bench_stream`)."""
+    from mlmlmlm.bench_stream import bench_stream as stream_codec
+
+    cfg = load_run_config(run, scale).model
+    out = stream_codec(cfg, chunk_frames=chunk_frames, seconds=seconds)
+    return {"run": run, "scale": scale} | {k: v for k, v in out.items() if k != "config"}
 
 
 def bench_stream(run: str | None = None, seconds: float = 62.0) -> dict:

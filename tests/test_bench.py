@@ -80,3 +80,13 @@ def test_bench_step_speedup_restores_the_fast_paths():
     assert out["before_s"] > 0 and out["after_s"] > 0
     assert PointwiseConv1d.batched_matmul  # the reference path is switched off again
     json.dumps(out)
+
+
+def test_production_stream_fields():
+    from mlmlmlm.bench import production_stream
+
+    out = production_stream("04_emg_codec/emg_codec", "smoke", seconds=0.5)
+    assert out["run"] == "04_emg_codec/emg_codec" and out["chunk_frames"] == 1
+    assert out["chunk_ms"]["p50"] <= out["chunk_ms"]["p99"] <= out["chunk_ms"]["max"]
+    assert out["latency"]["algorithmic_samples"] == 32  # one hop of the EMG codec
+    assert out["rtf"]["p50"] > 0

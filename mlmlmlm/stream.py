@@ -90,7 +90,9 @@ class Translator:
             raise StreamError("the translation model must be in eval mode (model.eval())")
         self.model = model
         self.audio_codec, self.emg_codec = inference_copy(audio_codec), inference_copy(emg_codec)
-        self.device = next(model.parameters()).device
+        self.device = next(model.parameters()).device  # each part stays where it was given
+        self._audio_device = next(self.audio_codec.parameters()).device
+        self._emg_device = next(self.emg_codec.parameters()).device
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
         self._guidance = float(guidance)
         W = max_cache_frames or round(DEFAULT_WINDOW_S * self.frame_rate)
@@ -254,8 +256,9 @@ class Translator:
                 f"({1000 * self.min_prompt_samples / self.audio_sr:.1f} ms, "
                 f"{self.min_prompt_frames} frame(s) of {self.audio_hop} at {self.audio_sr:g} Hz)")
         P = min(audio.size // self.audio_hop, self.max_cache_frames)  # the window holds no more
-        x = torch.from_numpy(audio[audio.size - P * self.audio_hop:]).to(self.device)
+        x = torch.from_numpy(audio[audio.size - P * self.audio_hop:]).to(self._audio_device)
         prompt = self.audio_codec.encode(x[None, None]).codes  # [1, n_q, P], causal: no padding
+        prompt = prompt.to(self.device)
         self.audio_codec.reset_stream()
         resynth = self.audio_codec.decode_codes_stream(prompt)  # [1, 1, P * hop]
         if prompt_emg is None:  # rest EMG: already "prepared", so it bypasses emg_prep
@@ -329,9 +332,9 @@ class Translator:
 
     def _append(self, emg: np.ndarray) -> None:
         """Prepared EMG [C, n] -> the frames it completes, encoded and appended to the cache."""
-        x = torch.from_numpy(np.ascontiguousarray(emg)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(emg)).to(self._emg_device)
         self._emg_samples += emg.shape[1]
-        codes = self.emg_codec.encode_stream(x[None]).codes  # [1, emg_n_q, k], k >= 0
+        codes = self.emg_codec.encode_stream(x[None]).codes.to(self.device)  # [1, emg_n_q, k]
         if codes.shape[2]:
             self.model.append_emg(self.cache, codes)
             self._emg_codes.append(codes[0])
@@ -362,7 +365,7 @@ class Translator:
             return []
         t0 = time.perf_counter()
         block = torch.stack(codes, 2)  # [1, n_q, k]
-        wav = self.audio_codec.decode_codes_stream(block)  # [1, 1, k * hop]
+        wav = self.audio_codec.decode_codes_stream(block.to(self._audio_device))  # [1, 1, k*hop]
         out = wav[0, 0].float().cpu().numpy()
         self._codes.append(block[0])
         # each frame: its step, an equal share of the decoding; the first also what waited

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ PANELS = (
 UNIT_RANGE = {"identifiability_audio", "identifiability_emg", "eval_raw_pitch_accuracy",
               "eval_envelope_correlation"}
 MAX_PANELS = 4
+WIDTH = 7.5  # inches: the book's text column, where the page shows a figure at its font size
 MAX_POINTS = 400  # per training curve: longer logs are averaged in bins (paper scale: 8,000 rows)
 
 VERDICTS = {"successful": ("o", "#2a9d8f"), "unsuccessful": ("X", "#c44536")}
@@ -61,7 +63,7 @@ CAPTIONS = {
 }
 # text stays text in the SVG (searchable, and smaller); a fixed salt keeps the file byte-stable
 RC = {"svg.fonttype": "none", "svg.hashsalt": "mlmlmlm", "font.size": 8, "axes.titlesize": 8,
-      "xtick.labelsize": 7, "ytick.labelsize": 7}
+      "xtick.labelsize": 6.5, "ytick.labelsize": 6.5, "axes.formatter.useoffset": False}
 
 
 @dataclass
@@ -124,9 +126,11 @@ def compare_figure(cards: Sequence[dict]):
     if not panels or sum(any(v is not None for v in r.values.values()) for r in rows) < 2:
         return None
     n = len(rows)
-    fig = Figure(figsize=(2.3 + 2.1 * len(panels), 0.8 + 0.32 * n), layout="constrained")
+    # at most the text column's width (~7.5 in), so that the page shows it at its font size
+    fig = Figure(figsize=(min(WIDTH, 2.3 + 2.1 * len(panels)), 0.9 + 0.36 * n),
+                 layout="constrained")
     axes = fig.subplots(1, 1 + len(panels), sharey=True, squeeze=False,
-                        gridspec_kw={"width_ratios": [0.8] + [2] * len(panels)})[0]
+                        gridspec_kw={"width_ratios": [1.0] + [2] * len(panels)})[0]
     y = np.arange(n)
     ax = axes[0]
     for i, r in enumerate(rows):
@@ -139,7 +143,7 @@ def compare_figure(cards: Sequence[dict]):
     ax.set_xticks([0, 1], ["ours", "paper"])
     ax.set_xlim(-0.6, 1.6)
     ax.set_title("inspection")
-    ax.set_yticks(y, [r.label for r in rows])
+    ax.set_yticks(y, [textwrap.fill(r.label, 26) for r in rows], fontsize=7)
     ax.invert_yaxis()  # the first run on top, as in the table above
     for ax, (key, label, better) in zip(axes[1:], panels):
         vals = [r.values[key] for r in rows]
@@ -150,7 +154,7 @@ def compare_figure(cards: Sequence[dict]):
                         transform=blended_transform_factory(ax.transAxes, ax.transData))
                 continue
             ax.barh(i, v, color=r.colour, height=0.65)
-            ax.text(v, i, " " + fmt(v), va="center", fontsize=7)
+            ax.text(v, i, " " + fmt(v), va="center", fontsize=6.5)
         low = min([0.0] + [v for v in vals if v is not None])
         if key in UNIT_RANGE:
             ax.set_xlim(low, 1.25)  # room for the value labels
@@ -207,7 +211,8 @@ def curves_figure(cards: Sequence[dict], logs: dict[str, list[dict]],
         return None
     ncols = min(4, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig = Figure(figsize=(2.3 * ncols + 0.4, 1.9 * nrows + 0.5), layout="constrained")
+    fig = Figure(figsize=(min(WIDTH, 1.9 * ncols + 0.4), 1.7 * nrows + 0.6),
+                 layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for r in rows:

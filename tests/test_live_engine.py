@@ -334,6 +334,10 @@ def test_cli_runs_a_file_session_and_names_a_missing_run(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mlmlmlm live: no trained run at") and "\n" not in err
+    board = live_args(tmp_path)
+    board[board.index("--emg") + 1] = "bela:127.0.0.1"
+    assert main(board) == 2  # --speed 4 against a board's own clock
+    assert capsys.readouterr().err.startswith("mlmlmlm live: --speed is for files")
 
 
 def test_no_sound_card_is_one_line_and_the_session_still_records(tmp_path, capsys, monkeypatch):

@@ -117,7 +117,15 @@ def run_live(args, log=None) -> int:
 
     log = log or (lambda m: print(f"\nmlmlmlm live: {m}", file=sys.stderr))
     try:
+        if args.speed != 1 and (args.emg.startswith("bela") or "device" in (args.audio_in,
+                                                                             args.out)):
+            raise LiveError("--speed is for files and the emulator: a board and a sound card "
+                            "keep their own time")
         tr = load_translator(args.run, args.scale, args.envelope)
+        need = getattr(tr, "min_prompt_samples", 1)
+        if args.prompt_s * tr.audio_sr < need:
+            raise LiveError(f"--prompt-s {args.prompt_s:g} is under the model's shortest prompt, "
+                            f"{need} samples ({1000 * need / tr.audio_sr:.1f} ms)")
         cfg = EngineConfig(trigger=TriggerConfig(threshold_db=args.threshold_db),
                            phrase_s=args.phrase_s, prompt_s=args.prompt_s,
                            playout_ms=args.playout_ms, block=args.block, speed=args.speed)

@@ -136,6 +136,12 @@ def _stats_ms(x) -> dict:
             "max": float(x.max()), "mean": float(x.mean()), "n": int(x.size)}
 
 
+def _spread_ms(x) -> dict | None:
+    x = 1000.0 * np.asarray(x, float)
+    return {"mean": float(x.mean()), "sd": float(x.std()), "min": float(x.min()),
+            "max": float(x.max())} if x.size else None
+
+
 def compute_per_frame(translator, seconds: float = 10.0, chunk: int | None = None) -> dict:
     """Per-frame compute of ``translator`` on ``seconds`` of random EMG pushed ``chunk`` EMG
     samples at a time (default one EMG hop; the engine pushes a Bela buffer's worth)."""
@@ -178,12 +184,15 @@ def latency_budget(translator, board_sr: float, playout_ms: float, out_block: in
 
 
 def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout_ms: float = 40.0,
-               board_sr: float = 22050.0, block: int = 256, seed: int = 0) -> dict:
+               board_sr: float = 22050.0, block: int = 256, lead_s: float = 3.0,
+               seed: int = 0) -> dict:
     """Replay EMG onsets through the emulator and pybela into the engine; onset to sound (ms).
 
     Onsets sit on EMG-frame boundaries at random places in Bela's buffers (a frame model answers
     an onset inside a frame at the frame's start: that quantisation is the model's, not the
-    engine's). The play time of an output sample is when the output read its block (wall clock).
+    engine's). ``latency_ms``: play time on the output clock (a sound card's steady clock, which
+    :class:`ClockOutput` keeps); ``latency_by_read_ms``: by the wall time the output thread
+    actually copied the sample out (adds that thread's wake-up jitter on a busy machine).
     """
     import tempfile
     from pathlib import Path
@@ -198,11 +207,16 @@ def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout
     frame = round(board_sr / translator.emg_sr) * translator.emg_hop  # board frames per hop
     emg, onsets = onset_emg(n_onsets, period_s, board_sr, align=frame, seed=seed)
     sr = translator.audio_sr
-    # the instrument sounds from 0.2 s to 2 s past the onsets (the EMG clock starts when pybela
-    # connects); silent EMG goes on after that, so the phrase ends with the audio, not a stall
-    t = np.arange(int((emg.shape[1] / board_sr + 2.0) * sr)) / sr
-    emg = np.concatenate([emg, np.zeros((6, int(4.0 * board_sr)), np.float32)], axis=1)
-    audio = np.where(t > 0.2, 0.3 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
+    # As on stage, the board streams a while before the violist plays: the instrument starts
+    # at lead_s (the engine has then seen enough buffers to know their earliest arrival), the
+    # EMG onsets after it (the EMG clock starts when pybela connects, within lead_s); both go
+    # on 2 s past the last onset, silent EMG longer, so the phrase ends with the audio.
+    lead = round(lead_s * board_sr / BLOCK) * BLOCK  # whole buffers: the onsets stay on frames
+    onsets = onsets + lead
+    emg = np.concatenate([np.zeros((6, lead), np.float32), emg,
+                          np.zeros((6, int(4.0 * board_sr)), np.float32)], axis=1)
+    t = np.arange(int((onsets[-1] / board_sr + 2.0) * sr)) / sr
+    audio = np.where(t > lead_s, 0.3 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
     reads: list[tuple[float, np.ndarray]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "instrument.wav"
@@ -219,22 +233,19 @@ def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout
     ends = np.cumsum([len(x) for _, x in reads])
     read_t = np.array([t for t, _ in reads])
     got = detect_onsets(y, sr, threshold=0.05, min_gap_s=0.5 * period_s)
-    lat = []
+    lat, lat_read = [], []
     for f in onsets:
         t_emg = src.emulator.frame_time(f)
         for p in got:
-            k = int(np.searchsorted(ends, p, side="right"))  # the read that played sample p
-            if k >= len(read_t):
-                break
-            t_play = read_t[k] - (ends[k] - p) / (sr * eng.clock.speed)
+            t_play = eng.clock.time_of(p / sr)  # the output clock (a sound card's steady one)
             if 0 <= t_play - t_emg < 0.5:
+                k = int(np.searchsorted(ends, p, side="right"))  # the read that copied p out
                 lat.append(t_play - t_emg)
+                if k < len(read_t):
+                    lat_read.append(read_t[k] - (ends[k] - p) / sr - t_emg)
                 break
-    lat_ms = 1000.0 * np.asarray(lat)
     return {"onsets": len(onsets), "matched": len(lat), "seconds": eng.clock.seconds(),
-            "latency_ms": {"mean": float(lat_ms.mean()), "sd": float(lat_ms.std()),
-                           "min": float(lat_ms.min()), "max": float(lat_ms.max())}
-            if len(lat) else None,
+            "latency_ms": _spread_ms(lat), "latency_by_read_ms": _spread_ms(lat_read),
             "underrun_blocks": summary["underrun_blocks"],
             "underrun_samples": summary["underrun_samples"], "phrases": summary["phrases"],
             "errors": summary["errors"]}

@@ -99,6 +99,8 @@ class BelaEmgSource:
     socket, a finished pybela data task (exceptions inside it end it silently) or no data for
     ``stall_s`` seconds is a disconnect; the source then reconnects every ``retry_s`` seconds.
     Blocks are assembled from the per-variable buffers by timestamp (all six channels).
+    pybela keeps one event loop per process: use one source at a time, and no other pybela
+    client in the same process while it runs.
     """
 
     def __init__(self, host: str = BELA_DEFAULT_HOST, port: int = DEFAULT_PORT,

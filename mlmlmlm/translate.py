@@ -46,8 +46,8 @@ CHUNK_S = 0.25  # EMG pushed per call (the translator is chunk-size invariant)
 def inference_copy(codec: Codec) -> Codec:
     """A frozen copy of a causal rvq codec for streaming: eval mode, no gradients, weight norm
     folded into plain weights once (instead of recomputed at every chunk), each Snake a
-    :class:`FrozenSnake`, the RVQ a :class:`FrozenRVQ` where it agrees. The caller's codec is left as it was; the copy's codes
-    are the original's and its outputs equal them to float rounding."""
+    :class:`FrozenSnake`, the RVQ a :class:`FrozenRVQ` where it agrees. The caller's codec is
+    left as it was; the copy's codes are the original's, its outputs equal to float rounding."""
     cfg = codec.cfg
     if not cfg.causal or cfg.bottleneck != "rvq":
         raise ValueError(f"streaming translation needs causal rvq codecs (causal={cfg.causal}, "
@@ -75,7 +75,7 @@ class FrozenSnake(nn.Module):
         super().__init__()
         with torch.no_grad():
             alpha = snake.alpha.exp() if snake.logscale else snake.alpha
-            beta = snake.beta if snake.beta is not None else None
+            beta = snake.beta  # None: DAC's Snake, beta = alpha
             beta = alpha if beta is None else (beta.exp() if snake.logscale else beta)
             self.register_buffer("alpha", alpha.detach().clone())  # [1, C, 1]
             self.register_buffer("inv", (beta + SNAKE_EPS).reciprocal().detach().clone())
@@ -179,7 +179,6 @@ def corpus_emg_scale(edc, data_root=None, smoke: bool = False) -> tuple[np.ndarr
     (:func:`mlmlmlm.data.dataset.emg_scale`), and where it came from; ``(None, why)`` when the
     corpus cannot be read."""
     import dataclasses
-    from pathlib import Path
 
     from mlmlmlm import paths
     from mlmlmlm.data.dataset import emg_scale
@@ -204,7 +203,6 @@ def translator_from_run(run_dir, *, data_root=None, cls=None, **kw):
     from mlmlmlm.stream import StreamError, Translator
 
     cls = cls or Translator
-
     model, cfg, pair = load_pair(run_dir)
     kw = generation_kwargs(cfg, pair.frame_rate) | kw
     if "emg_prep" not in kw:
@@ -245,8 +243,9 @@ def read_wav(path: Path, what: str) -> tuple[np.ndarray, float]:
 
 
 def prepare_emg(x: np.ndarray, sr: float, edc, scale: np.ndarray | None, path: Path,
-                channels: int) -> np.ndarray:
-    """Raw EMG [C, n] at ``sr`` -> [channels, m] at the codec's rate, as the training data."""
+                channels: int, emg_sr: float) -> np.ndarray:
+    """Raw EMG [C, n] at ``sr`` -> [channels, m] at the codec's ``emg_sr``, as the training data
+    (``edc``: the EMG codec run's data settings, ``scale`` [C] or None for the file's own)."""
     from mlmlmlm.data.preprocess import filter_emg, resample
 
     if x.shape[0] != channels:
@@ -256,7 +255,7 @@ def prepare_emg(x: np.ndarray, sr: float, edc, scale: np.ndarray | None, path: P
         raise TranslateError(f"{path}: {sr:g} Hz is below the {MIN_EMG_SR:g} Hz minimum for EMG")
     y = filter_emg(x, sr, highpass_hz=edc.highpass_hz, mains_hz=edc.mains_hz,
                    causal=edc.causal_filter)
-    y = resample(y, sr, edc.emg_sr)
+    y = resample(y, sr, emg_sr)
     if scale is None:  # the file's own scale, as emg_scale computes a corpus's
         scale = np.percentile(np.abs(y), 99.9, axis=1)
         scale = np.where(scale > 0, scale, 1.0)
@@ -307,7 +306,7 @@ def translate_files(emg: Path, prompt: Path, out: Path, run: str = "05_transform
     if seconds is not None and seconds <= 0:
         raise TranslateError(f"--seconds must be positive, got {seconds:g}")
     run_dir = resolve_run(run, scale)
-    ckpt = run_dir / "checkpoint.pt"
+    ckpt = run_dir if run_dir.suffix == ".pt" else run_dir / "checkpoint.pt"
     if not ckpt.is_file():
         raise TranslateError(f"{ckpt}: no checkpoint (train it: mlmlmlm train {run} --scale "
                              f"{scale})")
@@ -325,11 +324,13 @@ def translate_files(emg: Path, prompt: Path, out: Path, run: str = "05_transform
     if seconds is not None:
         x = x[:, : max(1, round(seconds * sr))]
     emg_scale, source = corpus_emg_scale(edc, data_root, smoke=cfg.scale == "smoke")
+    if emg_scale is None and data_root is not None:  # named, so it must be there
+        raise TranslateError(f"{data_root}: --data-root gives no EMG scale: {source}")
     if emg_scale is None:
         log(f"note: {source}; the EMG is scaled by its own 99.9th percentile instead "
             "(--data-root names the corpus the run was trained on)")
         source = f"{emg} itself"
-    e = prepare_emg(x, sr, edc, emg_scale, emg, tr.emg_channels)
+    e = prepare_emg(x, sr, edc, emg_scale, emg, tr.emg_channels, tr.emg_sr)
     p, psr = read_wav(prompt, "prompt")
     p = prepare_prompt(p, psr, tr.audio_sr, prompt, tr.min_prompt_samples)
 

@@ -137,6 +137,10 @@ def test_bad_checkpoints_one_line_exit_2_no_file(capsys, te2, smoke_corpus, file
     other.mkdir()
     ckpt["task"]["codecs"]["audio"]["sha256"] = "0" * 64
     save_atomic(ckpt, other / "checkpoint.pt")
+    code, io = translate(capsys, te2, smoke_corpus, out, files["emg"], files["prompt"],
+                         "--data-root", str(empty))  # the last --data-root wins
+    assert code == 2 and f"{empty}: --data-root gives no EMG scale" in io.err
+    assert len(io.err.strip().splitlines()) == 1 and not out.parent.exists()
     for run, needle in ((empty, f"{empty / 'checkpoint.pt'}: no checkpoint"),
                         (broken, f"{broken / 'checkpoint.pt'}: not a readable checkpoint"),
                         (codec_dir, "a codec checkpoint, not a translation run"),
@@ -193,3 +197,23 @@ def test_from_run_prepares_raw_emg_as_the_training_data(te2, smoke_corpus, tmp_p
     tr.start(np.zeros(512, np.float32))
     with torch.inference_mode():
         assert tr.push_emg(x[:, :32 * 5]).size == 5 * tr.audio_hop  # raw EMG in, audio out
+
+
+def test_emg_at_any_rate_is_prepared_for_the_codec(tmp_path):
+    from mlmlmlm.data.dataset import DataConfig
+    from mlmlmlm.translate import TranslateError, prepare_emg
+
+    edc = DataConfig(modality="emg", emg_sr=2756.25, segment=512)
+    rng = np.random.default_rng(0)
+    for sr in (1000.0, 22050.0):
+        n = round(4 * sr)
+        x = (0.2 * rng.standard_normal((6, n)) + 3.0 * np.arange(1, 7)[:, None]).astype(np.float32)
+        y = prepare_emg(x, sr, edc, None, tmp_path / "x.wav", 6, 2756.25)  # the file's own scale
+        assert y.shape == (6, int(np.ceil(n * 2756.25 / sr)))
+        assert np.abs(y[:, y.shape[1] // 2:].mean(1)).max() < 0.05  # the offsets are filtered out
+        assert np.allclose(np.percentile(np.abs(y), 99.9, axis=1), 1.0, atol=1e-3)
+        scaled = prepare_emg(x, sr, edc, np.full(6, 2.0), tmp_path / "x.wav", 6, 2756.25)
+        assert np.allclose(scaled * 2.0, prepare_emg(x, sr, edc, np.ones(6), tmp_path / "x.wav",
+                                                     6, 2756.25), atol=1e-6)
+    with pytest.raises(TranslateError, match="999 Hz is below"):
+        prepare_emg(x, 999.0, edc, None, tmp_path / "x.wav", 6, 2756.25)

@@ -7,19 +7,21 @@ order (trigger, conditioning, translation, scheduling); the output callback only
 
 Timing. Every EMG block is stamped with the source's frame clock. The engine keeps the offset
 between that clock and the output clock as the smallest seen over the last ``offset_window_s``
-(the least-delayed arrival), and at a phrase start fixes where its first sample plays: that EMG
-frame's place on the output clock plus ``playout_ms``. Each generated sample then has a fixed
-position, so compute jitter and late EMG never move the sound in time: a sample missing when due
-is an underrun (silence, counted), one that comes later is dropped (counted).
+(the least-delayed arrival), and at a phrase start fixes where its first sample plays: where the
+last frame of its first EMG chunk lies on the output clock, plus the translator's look-ahead and
+``playout_ms``. So every sound follows its EMG by one chunk (a 1024-frame Bela buffer, 46 ms at
+22.05 kHz) plus the playout delay, and each generated sample has a fixed position: compute
+jitter and late EMG never move the sound in time; a sample missing when due is an underrun
+(silence, counted), one that comes later is dropped (counted).
 
 Phrases. An onset of the :class:`~mlmlmlm.live.trigger.RmsTrigger` starts one (also while one
 plays: a retrigger): the translator is reset and started from the latest ``prompt_s`` of
-instrument audio. Where a phrase is cut, the last ``fade_ms`` of it fade out (no click). It ends
-after ``phrase_s`` (None: open-ended), at the next onset, when the
+instrument audio. It ends after ``phrase_s`` (None: open-ended), at the next onset, when the
 instrument falls silent (``end_on_silence``), when the EMG is lost (board disconnected, or an
 EMG dropout; see :mod:`mlmlmlm.live.sources`), or on *overload*, when compute has fallen
-``overload_s`` behind the output (a translator slower than real time). After a reconnect or an
-overload a phrase resumes by itself if the instrument is still sounding.
+``overload_s`` behind the output (a translator slower than real time). Where a phrase is cut,
+its last ``fade_ms`` fade out (no click). After a reconnect or an overload a phrase resumes by
+itself if the instrument is still sounding.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ def test_chapter_prose_quotes_this_builds_cards(smoke_book):
     def card(phase, name):
         return json.loads((smoke_book / "book" / phase / "runs" / f"{name}.json").read_text())
 
-    for chapter in ("01_dataset", "02_audio_codec", "03_emg_audio_codec", "04_emg_codec"):
+    for chapter in ("01_dataset", "02_audio_codec", "03_emg_audio_codec", "04_emg_codec",
+                    "05_transformer"):
         assert "{{" not in text(chapter), chapter  # every substitution was filled in
     m = card("02_audio_codec", "a_rvq_vae_3")["metrics"]
     row = f"A RVQ-VAE 3 {fmt(m['steps'])} {fmt(m['identifiability_audio'])} {m['inspection']}"
@@ -79,6 +80,9 @@ def test_chapter_prose_quotes_this_builds_cards(smoke_book):
     m = card("04_emg_codec", "emg_rvq_vae_native_bands")["metrics"]
     assert (f"This build’s run of emg_rvq_vae_native_bands ({fmt(m['steps'])} steps) scores "
             f"{fmt(m['identifiability_emg'])}") in text("04_emg_codec")
+    m = card("05_transformer", "te2")["metrics"]
+    assert (f"margin of the true over the shuffled EMG in loudness correlation is "
+            f"{fmt(m['cond_loudness_margin'])} at guidance 1") in text("05_transformer")
     m = card("01_dataset", "default")["metrics"]
     assert f"{m['recordings']} recordings, {fmt(m['minutes_paired'])} paired minutes" in \
         text("01_dataset")

@@ -1,0 +1,79 @@
+"""The translation run page's plumbing (mlmlmlm.transformer_page): the conditions' EMG, one
+window through a translator, and the run card's conditioning keys."""
+
+import numpy as np
+import pytest
+
+from mlmlmlm import transformer_page as page
+
+
+def windows(n=3, n_a=800, n_e=100):
+    rng = np.random.default_rng(0)
+    return [page.Window(f"w{i}", rng.standard_normal(n_a).astype(np.float32),
+                        rng.standard_normal((6, n_e)).astype(np.float32)) for i in range(n)]
+
+
+def test_conditions_give_own_other_and_zero_emg():
+    ws = windows()
+    true, shuf, zero = (page.condition_emg(ws, c) for c in page.CONDITIONS)
+    for i, w in enumerate(ws):
+        assert true[i] is w.emg
+        np.testing.assert_array_equal(shuf[i], ws[(i + 1) % 3].emg)
+        assert not np.array_equal(shuf[i], w.emg)
+        assert zero[i].shape == w.emg.shape and not zero[i].any()
+    short = windows(2)
+    short[1].emg = short[1].emg[:, :60]  # another window's EMG is cut or padded to the length
+    assert page.condition_emg(short, "shuffled")[0].shape == (6, 100)
+    assert page.condition_emg(short, "shuffled")[1].shape == (6, 60)
+
+
+class FakeTranslator:
+    """Records what the page gives it; one audio hop of 8 samples per 1 EMG hop of 1 sample."""
+
+    audio_hop, emg_hop = 8, 1
+
+    def reset(self):
+        self.calls = []
+
+    def start(self, audio=None, prompt_emg=None):
+        self.calls.append(("start", None if audio is None else len(audio),
+                           None if prompt_emg is None else prompt_emg.shape[1]))
+        return np.zeros(0 if audio is None else len(audio), np.float32)
+
+    def push_emg(self, emg):
+        self.calls.append(("push", emg.shape[1]))
+        return np.ones(emg.shape[1] * self.audio_hop, np.float32)
+
+    def flush(self):
+        return np.ones(self.audio_hop, np.float32)  # a look-ahead frame past the end
+
+
+@pytest.mark.parametrize("prompt", [0, 5])
+def test_translate_window_prompts_pushes_the_rest_and_keeps_the_length(prompt):
+    tr = FakeTranslator()
+    audio, emg = np.zeros(800, np.float32), np.zeros((6, 100), np.float32)
+    y = page.translate_window(tr, audio, emg, prompt)
+    assert y.shape == (800,)
+    start = ("start", 40, 5) if prompt else ("start", None, None)
+    assert tr.calls == [start, ("push", 100 - prompt)]
+    assert not y[:prompt * 8].any() and y[prompt * 8:].all()
+
+
+def test_card_metrics_name_every_condition_split_and_weight():
+    keys = list(page.MEASURES)
+    rows = []
+    for split in ("test", "test_real"):
+        rows.append({"split": split, "guidance": "—", "EMG": "codec ceiling",
+                     **dict.fromkeys(keys, 0.9)})
+        for w in (1.0, 3.0):
+            for c, v in zip(page.CONDITIONS, (0.7, 0.2, 0.1)):
+                rows.append({"split": split, "guidance": w, "EMG": c, **dict.fromkeys(keys, v)})
+    m = page.card_metrics(rows, "test", (1.0, 3.0))
+    assert m["cond_loudness_corr_true"] == 0.7 and m["cond_loudness_corr_shuffled_g3"] == 0.2
+    assert m["cond_loudness_corr_zero_real"] == 0.1 and m["cond_onset_f_ceiling_real"] == 0.9
+    assert m["cond_loudness_margin"] == pytest.approx(0.5)
+    assert m["cond_loudness_margin_real_g3"] == pytest.approx(0.5)
+    assert "not_computed" not in m
+    held_out_only = page.card_metrics([r for r in rows if r["split"] == "test"], "test",
+                                      (1.0, 3.0))
+    assert "cond_loudness_corr_true_real" in held_out_only["not_computed"]

@@ -66,9 +66,30 @@ def device_name() -> str:
     return f"cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def _config_hash(cfg: RunConfig, notebook: Path, data_root: Path) -> str:
+def upstream_checkpoints(cfg: RunConfig, run_dir: Path) -> list[Path]:
+    """The checkpoints a run is built on: a translation run's frozen codecs (``codecs:``), the
+    runs of the same scale and data beside its own folder. Their bytes enter its config hash, so
+    a retrained codec makes the run stale."""
+    codecs = cfg.sections.get("codecs")
+    if codecs is None:
+        return []
+    tag = run_dir.name[len(cfg.name):]
+    out = []
+    for ref in (codecs.audio, codecs.emg):
+        phase, _, name = ref.partition("/")
+        d = Path(ref) if ref.count("/") != 1 else run_dir.parent.parent / phase / (name + tag)
+        out.append(d / "checkpoint.pt")
+    return out
+
+
+def _config_hash(cfg: RunConfig, notebook: Path, data_root: Path,
+                 upstream: list[Path] | None = None) -> str:
+    from mlmlmlm.data.tokens import file_sha256
+
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     h.update(notebook.read_bytes())
+    for p in upstream or []:  # a run on frozen checkpoints is stale once they change
+        h.update(file_sha256(p).encode() if p.is_file() else f"missing {p.name}".encode())
     manifest = data_root / "corpus.json"
     if manifest.exists():
         h.update(manifest.read_bytes())
@@ -109,7 +130,7 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
     out_dir = root / "book" / cfg.phase / "runs"
     out_nb, card_path = out_dir / f"{cfg.name}.ipynb", out_dir / f"{cfg.name}.json"
     run_dir = paths.run_dir(run, scale, root, paths.data_tag(data_root, root, smoke)).resolve()
-    chash = _config_hash(cfg, notebook, data_root)
+    chash = _config_hash(cfg, notebook, data_root, upstream_checkpoints(cfg, run_dir))
     if card_path.exists() and out_nb.exists() and not force:
         card = json.loads(card_path.read_text())
         if card.get("config_hash") == chash and card.get("status") == "ok":

@@ -77,3 +77,26 @@ def test_card_metrics_name_every_condition_split_and_weight():
     held_out_only = page.card_metrics([r for r in rows if r["split"] == "test"], "test",
                                       (1.0, 3.0))
     assert "cond_loudness_corr_true_real" in held_out_only["not_computed"]
+
+
+def test_a_retrained_codec_makes_the_translation_runs_stale(tmp_path):
+    from mlmlmlm.config import REPO_ROOT, load_run_config
+    from mlmlmlm.runbook import _config_hash, upstream_checkpoints
+
+    cfg = load_run_config("05_transformer/te2", "smoke")
+    run_dir = tmp_path / "runs/smoke/05_transformer/te2.data-1234"
+    up = upstream_checkpoints(cfg, run_dir)
+    assert up == [tmp_path / "runs/smoke/02_audio_codec/audio_codec.data-1234/checkpoint.pt",
+                  tmp_path / "runs/smoke/04_emg_codec/emg_codec.data-1234/checkpoint.pt"]
+    nb, data = REPO_ROOT / "notebooks/05_transformer.ipynb", tmp_path / "data"
+    data.mkdir()
+    missing = _config_hash(cfg, nb, data, up)
+    for p in up:
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"codec 1")
+    trained = _config_hash(cfg, nb, data, up)
+    assert trained != missing and _config_hash(cfg, nb, data, up) == trained
+    up[0].write_bytes(b"codec 2, retrained")
+    assert _config_hash(cfg, nb, data, up) != trained
+    codec = load_run_config("02_audio_codec/audio_codec", "smoke")
+    assert upstream_checkpoints(codec, tmp_path / "runs/smoke/02_audio_codec/audio_codec") == []

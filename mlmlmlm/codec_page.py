@@ -157,10 +157,17 @@ def per_channel_table(names: list[str], evaluated: Evaluated) -> list[dict]:
         row = {"channel": name, "identifiability": ev["identifiability"]["per_channel"][c]}
         for key, label in (("envelope_correlation", "envelope corr."),
                            ("median_frequency_error", "median freq. error (Hz)"),
-                           ("loudness_error_db", "loudness error (dB)"),
-                           ("f0_error_cents", "f0 error (cents)")):
+                           ("loudness_error_db", "loudness error (dB)")):
             if key in ev:
                 row[label] = ev[key]["per_channel"].get(c, np.nan)
+        if "pitch" in ev and c == min(ev["loudness_error_db"]["per_channel"]):
+            # pitch and vibrato of the audio channel (mlmlmlm.melody: yin, mir_eval metrics)
+            for key, label in (("raw_pitch_accuracy", "raw pitch accuracy"),
+                               ("raw_chroma_accuracy", "raw chroma accuracy"),
+                               ("voicing_recall", "voicing recall"),
+                               ("median_cents_error", "median pitch error (cents)")):
+                row[label] = ev["pitch"].get(key, np.nan)
+            row["vibrato depth corr."] = ev["vibrato"]["depth_correlation"]
         rows.append(row)
     _md(report.markdown_table(rows, floatfmt=".3g"))
     return rows

@@ -148,3 +148,5 @@ def test_cli_train_with_overrides_and_eval(smoke_corpus, tmp_path):
     ev = evaluate_codec(cfg, model, smoke_corpus)
     assert out["identifiability"]["mean"] == pytest.approx(ev["identifiability"]["mean"])
     assert out["mrstft"] == pytest.approx(ev["mrstft"]["mean"], rel=1e-5)
+    assert out["card"]["eval_raw_pitch_accuracy"] == pytest.approx(ev["pitch"]["raw_pitch_accuracy"])
+    assert out["card"]["steps"] == 1 and "eval_vibrato_depth_correlation" in out["card"]

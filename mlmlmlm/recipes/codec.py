@@ -129,6 +129,9 @@ def summary(cfg: RunConfig, run_dir: Path, data_root: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"identifiability": ev["identifiability"]}
     out |= {k: v["mean"] for k, v in ev.items()
             if isinstance(v, dict) and "mean" in v and k != "identifiability"}
+    # and every figure of the run card (pitch, vibrato, other splits, probe, ceilings)
+    card = codec_metrics(cfg, read_log(run_dir), ev, data_root, 0.0)
+    out["card"] = {k: v for k, v in card.items() if not isinstance(v, list)}
     return out
 
 

@@ -62,3 +62,12 @@ def test_band_resynthesis_keeps_band_energies_and_identifies_windows():
     assert ratio.item() == pytest.approx(1.0, rel=0.05)  # power kept
     assert not torch.allclose(y, x, atol=1e-3)  # the noise itself is not copied
     assert identifiability(x, y).item() >= 0.75
+
+
+def test_smooth_keeps_what_is_slow_and_removes_what_is_fast():
+    rate = 86.13
+    t = np.arange(860) / rate
+    slow, fast = np.sin(2 * np.pi * 1.0 * t), np.sin(2 * np.pi * 30.0 * t)
+    out = probe.smooth(np.stack([slow, fast], 1), rate)
+    assert np.abs(out[100:-100, 0] - slow[100:-100]).max() < 0.02
+    assert np.abs(out[100:-100, 1]).max() < 0.02

@@ -224,7 +224,8 @@ def control_probe(cfg: RunConfig, model, data_root: str | Path, test_items: list
     the corpus's control curves, fit on the train split's windows, R² on ``test_items``; beside
     the same probe fed the original EMG's envelopes at the codec's frame rate (the ceiling).
 
-    Returns ``{"latents": {"r2", "mean"}, "envelopes": {...}, "ratio"}`` or ``{"not_computed":
+    Returns ``{"latents": {"r2", "mean"}, "envelopes": {...}, "latents_unsmoothed": {...},
+    "ratio"}`` or ``{"not_computed":
     reason}`` when the corpus has no control curves."""
     from mlmlmlm import probe
 
@@ -241,18 +242,21 @@ def control_probe(cfg: RunConfig, model, data_root: str | Path, test_items: list
             model.eval()
             z = torch.cat([model.encode(b).z for b in x.split(8)])  # [N, D, frames]
             model.train(was)
-        lat, env = [], []
+        lat, raw, env = [], [], []
         for it, zi in zip(items, z, strict=True):
             n = zi.shape[-1]
             c_rate = len(next(iter(it["controls"].values()))) * sr / it["x"].shape[-1]
             y = probe.frame_controls({k: it["controls"][k].numpy() for k in names}, c_rate,
                                      rate, n, names)
-            lat.append((zi.T.numpy().astype(np.float64), y))
+            f = zi.T.numpy().astype(np.float64)  # [frames, D]
+            raw.append((f, y))
+            lat.append((probe.smooth(f, rate), y))  # the envelopes' 10-Hz resolution
             env.append((probe.envelope_features(it["x"].numpy().astype(np.float64), sr, rate, n), y))
-        return lat, env
+        return lat, raw, env
 
-    (lat_a, env_a), (lat_b, env_b) = rows(train_items), rows(test_items)
-    out = {"latents": probe.probe(lat_a, lat_b, names), "envelopes": probe.probe(env_a, env_b, names)}
+    (lat_a, raw_a, env_a), (lat_b, raw_b, env_b) = rows(train_items), rows(test_items)
+    out = {"latents": probe.probe(lat_a, lat_b, names), "envelopes": probe.probe(env_a, env_b, names),
+           "latents_unsmoothed": probe.probe(raw_a, raw_b, names)}
     out["ratio"] = out["latents"]["mean"] / out["envelopes"]["mean"]
     return out
 
@@ -292,6 +296,7 @@ def codec_metrics(cfg: RunConfig, log: list[dict], ev: dict[str, Any], data_root
     if cp and "not_computed" not in cp:
         out["probe_r2_latents"] = cp["latents"]["mean"]
         out["probe_r2_envelopes"] = cp["envelopes"]["mean"]
+        out["probe_r2_latents_unsmoothed"] = cp["latents_unsmoothed"]["mean"]
         out["probe_ratio"] = cp["ratio"]
         out["probe_r2_per_control"] = cp["latents"]["r2"]
     elif cp:

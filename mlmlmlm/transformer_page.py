@@ -238,7 +238,6 @@ def generate_section(s: Setup, ev: Evaluated, n_windows: int, seconds: float, pr
     references through the audio codec (the ceiling)."""
     import torch
 
-    from mlmlmlm.evaluate import reconstruct
     from mlmlmlm.stream import Translator
 
     tr = Translator.from_run(s.run_dir, emg_prep=None)  # paired_signals' EMG is prepared
@@ -246,6 +245,28 @@ def generate_section(s: Setup, ev: Evaluated, n_windows: int, seconds: float, pr
     prompt_frames = 0 if s.cfg.model.bos else max(1, round(prompt_s * pair.frame_rate))
     gen = Generated(pair.audio.cfg.sample_rate, max(1, round(prompt_s * pair.frame_rate))
                     * pair.audio.cfg.hop, {}, {}, {})
+    threads = torch.get_num_threads()
+    # one frame per step: tiny tensors gain nothing from a second thread, and on a busy 2-core
+    # machine two threads spin against each other (a 0.3-s smoke window: 9 s instead of 0.5)
+    torch.set_num_threads(1)
+    try:
+        _generate_all(s, gen, tr, pair, prompt_frames, n_windows, seconds, guidances)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"generated {gen.audio_s:.1f} s of audio in {gen.compute_s:.1f} s "
+          f"({'no prompt: learned start token; ' if not prompt_frames else ''}measured after "
+          f"{gen.prompt_samples / gen.sr:.2f} s; splits {', '.join(gen.windows)}; guidance "
+          f"{', '.join(f'{w:g}' for w in guidances)})")
+    return gen
+
+
+def _generate_all(s: Setup, gen: Generated, tr, pair, prompt_frames: int, n_windows: int,
+                  seconds: float, guidances: tuple[float, ...]) -> None:
+    """The loop of :func:`generate_section`: fills ``gen`` (windows, audio, ceiling, times)."""
+    import torch
+
+    from mlmlmlm.evaluate import reconstruct
+
     t0 = time.perf_counter()
     for split in splits_of(s):
         ws = listening_windows(pair, s.data_root, split, n_windows, seconds)
@@ -261,11 +282,6 @@ def generate_section(s: Setup, ev: Evaluated, n_windows: int, seconds: float, pr
                                                for win, e in zip(ws, emgs)]
                 gen.audio_s += sum(len(win.audio) for win in ws) / gen.sr
     gen.compute_s = time.perf_counter() - t0
-    print(f"generated {gen.audio_s:.1f} s of audio in {gen.compute_s:.1f} s "
-          f"(prompt {gen.prompt_samples / gen.sr:.2f} s"
-          f"{', not given: learned start token' if not prompt_frames else ''}; "
-          f"splits {', '.join(gen.windows)}; guidance {', '.join(f'{w:g}' for w in guidances)})")
-    return gen
 
 
 def listen_section(s: Setup, gen: Generated, guidance: float = 1.0) -> None:

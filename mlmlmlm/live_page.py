@@ -261,10 +261,12 @@ def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms: float,
         r = play(s, preset, tr, excerpt, threshold_db=threshold_db, playout_ms=playout_ms,
                  prompt_s=prompt_s, live=live, seconds=seconds)
         m = r.summary
-        print(f"{preset}: EMG streaming from {r.audio_start_s:.2f} s of session time; "
-              f"{m['phrases']} phrases, {m['frames']} frames in {m['session_s']:.1f} s, compute {m['compute_s']:.1f} s, "
-              f"{m['underrun_blocks']} underruns, {m['overloads']} overloads, "
-              f"{len(m['errors'])} errors" + "".join(f"\n  {line}" for line in r.log[:5]))
+        # prose, not a printed stream: a reader's page opens with results, not console output
+        _md(f"*{preset}*: EMG streaming from {r.audio_start_s:.2f} s of session time; "
+            f"{m['phrases']} phrases, {m['frames']} frames in {m['session_s']:.1f} s, compute "
+            f"{m['compute_s']:.1f} s, {m['underrun_blocks']} underruns, {m['overloads']} "
+            f"overloads, {len(m['errors'])} errors"
+            + "".join(f"\n- `{line}`" for line in r.log[:5]))
         out[preset] = r
     return out
 

@@ -16,7 +16,9 @@ disconnected, ended, error) through one ``sink`` callable. What happens to fault
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import io
 import sys
 import threading
 import time
@@ -160,7 +162,10 @@ class BelaEmgSource:
         while not self._stop.is_set():
             s = None
             try:
-                s = pybela.Streamer(ip=self.host, port=self.port)
+                # pybela's Watcher prints "Running in Jupyter notebook. Enabling nest_asyncio."
+                # on every construction inside a kernel: console noise on a notebook's page
+                with contextlib.redirect_stdout(io.StringIO()):
+                    s = pybela.Streamer(ip=self.host, port=self.port)
                 if self._call(s, s.connect, self.connect_timeout, f"connect to {url}") != 1:
                     raise ConnectionError(f"{url} refused the watcher handshake")
                 self.sr = float(s.sample_rate)

@@ -210,7 +210,36 @@ def prepare(rec: Recording, cfg: DataConfig, scale: np.ndarray | None) -> np.nda
     return np.ascontiguousarray(np.concatenate([p[:, :n] for p in parts]), dtype=np.float32)
 
 
-class WindowDataset(Dataset):
+class SeededCrops:
+    """The crop sampler of a training dataset, shared by :class:`WindowDataset` and
+    :class:`mlmlmlm.data.tokens.TokenDataset`. A subclass has ``self.cfg.seed`` and sets
+    ``self._gen = self._gen_seed = None`` in ``__init__``."""
+
+    def _generator(self) -> torch.Generator:
+        # Re-seeded whenever torch's initial seed changes: DataLoader workers get a distinct
+        # base seed per worker and per epoch, so crops differ across workers and epochs.
+        seed = torch.initial_seed()
+        if self._gen is None or self._gen_seed != seed:
+            self._gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + seed) % 2**63)
+            self._gen_seed = seed
+        return self._gen
+
+    def state_dict(self) -> dict:
+        """The crop sampler's state, for the checkpoint: with it a resumed run draws the same
+        crops as an uninterrupted one (the training loop saves and restores it)."""
+        gen = None if self._gen is None else self._gen.get_state()
+        return {"generator": gen, "seed": self._gen_seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("generator") is None:
+            self._gen, self._gen_seed = None, None
+            return
+        self._gen = torch.Generator()
+        self._gen.set_state(state["generator"])
+        self._gen_seed = state["seed"]
+
+
+class WindowDataset(SeededCrops, Dataset):
     """Segments of the ``split``'s recordings, one item per window.
 
     Parameters
@@ -265,28 +294,7 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def _generator(self) -> torch.Generator:
-        # Re-seeded whenever torch's initial seed changes: DataLoader workers get a distinct
-        # base seed per worker and per epoch, so crops differ across workers and epochs.
-        seed = torch.initial_seed()
-        if self._gen is None or self._gen_seed != seed:
-            self._gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + seed) % 2**63)
-            self._gen_seed = seed
-        return self._gen
 
-    def state_dict(self) -> dict:
-        """The crop sampler's state, for the checkpoint: with it a resumed run draws the same
-        crops as an uninterrupted one (the training loop saves and restores it)."""
-        gen = None if self._gen is None else self._gen.get_state()
-        return {"generator": gen, "seed": self._gen_seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("generator") is None:
-            self._gen, self._gen_seed = None, None
-            return
-        self._gen = torch.Generator()
-        self._gen.set_state(state["generator"])
-        self._gen_seed = state["seed"]
 
     def __getitem__(self, i: int) -> dict:
         track_i, start, length = (int(v) for v in self.windows[i])

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mlmlmlm.config import ConfigError
+from mlmlmlm.data.dataset import SeededCrops
 
 FORMAT = "mlmlmlm-tokens/1"
 ENCODE_CHUNK_FRAMES = 512  # causal codecs encode long recordings in chunks (same codes, less memory)
@@ -296,7 +297,7 @@ def _windows(n: int, size: int, hop: int) -> list[tuple[int, int]]:
     return [(int(s), size) for s in window_starts(n, size, hop)]
 
 
-class TokenDataset(Dataset):
+class TokenDataset(SeededCrops, Dataset):
     """Crops of ``crop_frames`` aligned frames, one item per window of the tracks.
 
     Items: ``{"audio": LongTensor [n_q, crop], "emg": LongTensor [emg_n_q, crop], "name": str,
@@ -323,26 +324,6 @@ class TokenDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.windows)
-
-    def _generator(self) -> torch.Generator:
-        # re-seeded when torch's initial seed changes (DataLoader workers), as WindowDataset
-        seed = torch.initial_seed()
-        if self._gen is None or self._gen_seed != seed:
-            self._gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + seed) % 2**63)
-            self._gen_seed = seed
-        return self._gen
-
-    def state_dict(self) -> dict:
-        """The crop sampler's state, for the checkpoint (a resumed run draws the same crops)."""
-        return {"generator": None if self._gen is None else self._gen.get_state(),
-                "seed": self._gen_seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._gen, self._gen_seed = None, None
-        if state.get("generator") is not None:
-            self._gen = torch.Generator()
-            self._gen.set_state(state["generator"])
-            self._gen_seed = state["seed"]
 
     def __getitem__(self, i: int) -> dict:
         ti, start, length = (int(v) for v in self.windows[i])

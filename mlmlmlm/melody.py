@@ -103,16 +103,25 @@ def _cents(f0: np.ndarray) -> np.ndarray:
     return mir_eval.melody.hz2cents(np.asarray(f0, np.float64))  # base 10 Hz, as mir_eval
 
 
-def melody_scores(recon: np.ndarray, orig: np.ndarray, sr: float) -> dict[str, float]:
-    """mir_eval's melody metrics and the median cents error of one window (both [T] at ``sr``).
-
-    Returns ``{raw_pitch_accuracy, raw_chroma_accuracy, voicing_recall, voicing_false_alarm,
-    median_cents_error, voiced_fraction}``; NaN where the original has no voiced frame."""
+def track_pair(recon: np.ndarray, orig: np.ndarray, sr: float):
+    """Both pitch tracks of one window, on the same frames, the reconstruction's loudness gated
+    by the original's: ``(f_o, v_o, f_r, v_r)``, each [F]. Computed once per window for
+    :func:`melody_scores` and :func:`vibrato_depths`."""
     f_o, v_o = track(orig, sr)
     top = frame_rms_db(orig, FRAME_LENGTH, _hop(sr)).max()
     f_r, v_r = track(recon, sr, ref_max_db=top)
     n = min(len(f_o), len(f_r))
-    f_o, v_o, f_r, v_r = f_o[:n], v_o[:n], f_r[:n], v_r[:n]
+    return f_o[:n], v_o[:n], f_r[:n], v_r[:n]
+
+
+def melody_scores(recon: np.ndarray, orig: np.ndarray, sr: float,
+                  tracks=None) -> dict[str, float]:
+    """mir_eval's melody metrics and the median cents error of one window (both [T] at ``sr``;
+    ``tracks``: :func:`track_pair`'s result, computed when not given).
+
+    Returns ``{raw_pitch_accuracy, raw_chroma_accuracy, voicing_recall, voicing_false_alarm,
+    median_cents_error, voiced_fraction}``; NaN where the original has no voiced frame."""
+    f_o, v_o, f_r, v_r = tracks or track_pair(recon, orig, sr)
     out = {"voiced_fraction": float(v_o.mean())}
     if not v_o.any():
         return out | dict.fromkeys(("raw_pitch_accuracy", "raw_chroma_accuracy", "voicing_recall",
@@ -141,18 +150,16 @@ def _stretches(mask: np.ndarray, min_len: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= min_len]
 
 
-def vibrato_depths(recon: np.ndarray, orig: np.ndarray, sr: float) -> tuple[float, float]:
+def vibrato_depths(recon: np.ndarray, orig: np.ndarray, sr: float,
+                   tracks=None) -> tuple[float, float]:
     """Vibrato depth in cents (module docstring) of ``orig`` and of ``recon`` on the same frames.
 
-    Both ``[T]`` at ``sr``. Returns ``(depth_orig, depth_recon)``; NaN when the original has no
-    voiced stretch of 0.5 s."""
-    hop = _hop(sr)
-    rate = sr / hop
-    f_o, v_o = track(orig, sr)
-    f_r = librosa.yin(np.asarray(recon, np.float32), fmin=FMIN, fmax=min(FMAX, 0.45 * sr), sr=sr,
-                      frame_length=FRAME_LENGTH, hop_length=hop)
-    n = min(len(f_o), len(f_r))
-    c_o, c_r, v_o = 1200 * np.log2(f_o[:n]), 1200 * np.log2(f_r[:n]), v_o[:n].copy()
+    Both ``[T]`` at ``sr`` (``tracks``: :func:`track_pair`'s result, computed when not given).
+    Returns ``(depth_orig, depth_recon)``; NaN when the original has no voiced stretch of 0.5 s."""
+    rate = sr / _hop(sr)
+    f_o, v_o, f_r, _ = tracks or track_pair(recon, orig, sr)
+    n = len(f_o)
+    c_o, c_r, v_o = 1200 * np.log2(f_o), 1200 * np.log2(f_r), v_o.copy()
     jump = np.zeros(n, bool)
     jump[1:] = (np.abs(np.diff(c_o)) > MAX_JUMP_CENTS) | (np.abs(np.diff(c_r)) > MAX_JUMP_CENTS)
     v_o &= ~jump  # a jump ends a stretch
@@ -193,9 +200,10 @@ def pitch_report(recons: np.ndarray, origs: np.ndarray, sr: float,
     per: dict[str, list[float]] = {}
     depth_o, depth_r = [], []
     for r, o in zip(recons, origs, strict=True):
-        for k, v in melody_scores(r, o, sr).items():
+        tracks = track_pair(r, o, sr)  # yin once per signal
+        for k, v in melody_scores(r, o, sr, tracks).items():
             per.setdefault(k, []).append(v)
-        d_o, d_r = vibrato_depths(r, o, sr)
+        d_o, d_r = vibrato_depths(r, o, sr, tracks)
         depth_o.append(d_o)
         depth_r.append(d_r)
     depth_o, depth_r = np.asarray(depth_o), np.asarray(depth_r)

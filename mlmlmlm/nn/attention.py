@@ -200,14 +200,17 @@ class CrossAttention(nn.Module):
         B, L, d = x.shape
         Bk, hd = k.shape[0], d // self.n_heads
         q = apply_rope(self.q(x).view(B, L, self.n_heads, hd).transpose(1, 2), rope)  # [B,H,L,hd]
-        scores = q[:Bk] @ k.transpose(-2, -1) / math.sqrt(hd)  # [Bk, H, L, n]
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        null = scores.new_zeros(Bk, self.n_heads, L, 1)  # score of the zero null key
-        w = torch.softmax(torch.cat([null, scores], dim=-1), dim=-1)  # [Bk, H, L, 1 + n]
-        w = F.dropout(w, self.dropout, self.training)
-        null_v = self.null_value[None, :, None, :]  # [1, H, 1, hd]
-        y = w[..., :1] * null_v + w[..., 1:] @ v  # [Bk, H, L, hd]
+        n = k.shape[2]
+        # the null key (zeros: score 0) and its learned value go first: [Bk, H, 1 + n, hd]
+        k = torch.cat([k.new_zeros(Bk, self.n_heads, 1, hd), k], dim=2)
+        null_v = self.null_value[None, :, None, :].to(v.dtype)  # [1, H, 1, hd]
+        v = torch.cat([null_v.expand(Bk, -1, -1, -1), v], dim=2)
+        if mask is not None:  # the null column is always visible
+            mask = mask.expand(Bk, 1, L, n)  # [L, n] or [Bk, 1, L, n]
+            mask = torch.cat([mask.new_ones(Bk, 1, L, 1), mask], dim=-1)  # [Bk, 1, L, 1 + n]
+        # one fused kernel (scores, softmax, weighted sum) instead of four [Bk, H, L, n] tensors
+        y = F.scaled_dot_product_attention(q[:Bk], k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
         if Bk < B:  # EMG-dropped rows: softmax over the null key alone is exactly 1
             y = torch.cat([y, null_v.expand(B - Bk, -1, L, -1)], dim=0)
         return self.out(y.transpose(1, 2).reshape(B, L, d))  # [B, H, L, hd] -> [B, L, d]
@@ -227,17 +230,19 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: self-attention, cross-attention to EMG (if ``cross``), SwiGLU; residuals."""
+    """Pre-norm block: self-attention, cross-attention to EMG (if ``cross``), SwiGLU; residuals.
+
+    ``dropout`` acts on each residual branch, ``attn_dropout`` on the attention weights."""
 
     def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, dropout: float = 0.0,
-                 cross: bool = True):
+                 cross: bool = True, attn_dropout: float = 0.0):
         super().__init__()
         self.norm_self = nn.RMSNorm(d_model)
-        self.self_attn = SelfAttention(d_model, n_heads, dropout)
+        self.self_attn = SelfAttention(d_model, n_heads, attn_dropout)
         if cross:
             self.norm_emg = nn.RMSNorm(d_model)  # EMG embeddings, before this layer's K/V
             self.norm_cross = nn.RMSNorm(d_model)
-            self.cross = CrossAttention(d_model, n_heads, dropout)
+            self.cross = CrossAttention(d_model, n_heads, attn_dropout)
         self.norm_ffn = nn.RMSNorm(d_model)
         self.ffn = SwiGLU(d_model, ffn_hidden)
         self.drop = nn.Dropout(dropout)

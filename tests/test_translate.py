@@ -194,6 +194,12 @@ def test_from_run_prepares_raw_emg_as_the_training_data(te2, smoke_corpus, tmp_p
     assert np.abs(chunked - offline / scale[:, None]).max() < 1e-4
     with pytest.raises(StreamError, match="no corpus at"):
         Translator.from_run(te2, data_root=tmp_path / "nowhere")
+    # no corpus named: the scale the checkpoint recorded at training time, the corpus's
+    from mlmlmlm.translate import run_emg_scale
+
+    saved, source = run_emg_scale(te2, edc)
+    assert "checkpoint" in source and np.allclose(saved, scale, rtol=1e-6)
+    assert np.allclose(Translator.from_run(te2).emg_prep.scale[:, 0], scale, rtol=1e-6)
     tr.start(np.zeros(512, np.float32))
     with torch.inference_mode():
         assert tr.push_emg(x[:, :32 * 5]).size == 5 * tr.audio_hop  # raw EMG in, audio out

@@ -62,8 +62,11 @@ class TransformerTask(Task):
     checkpoint hashes (``codecs``) the checkpoint keeps.
     """
 
-    def __init__(self, model: nn.Module, codecs: dict[str, dict[str, str]]) -> None:
-        self.model, self.codecs = model, codecs
+    def __init__(self, model: nn.Module, codecs: dict[str, dict[str, str]],
+                 emg_scale: list[float] | None = None) -> None:
+        # emg_scale [C]: the corpus's per-channel EMG scale the tokens were made with, kept in
+        # the checkpoint so translating raw EMG needs no corpus
+        self.model, self.codecs, self.emg_scale = model, codecs, emg_scale
 
     def step(self, batch: Any, step: int) -> tuple[dict[str, Tensor], Any]:
         out = self.model(batch["audio"], batch["emg"])
@@ -75,7 +78,7 @@ class TransformerTask(Task):
         return losses, None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"codecs": self.codecs}
+        return {"codecs": self.codecs, "emg_scale": self.emg_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = {k: v.get("sha256") for k, v in (state.get("codecs") or {}).items()}
@@ -148,7 +151,11 @@ def train(cfg: RunConfig, run_dir: Path, data_root: Path, progress: bool = True,
     if resume:
         _supersede_if_other_codecs(run_dir, pair)
     torch.manual_seed(cfg.train.seed)  # the initial weights follow the run's seed
-    task = TransformerTask(build_model(cfg), pair.record())
+    from mlmlmlm.translate import corpus_emg_scale
+
+    scale, _ = corpus_emg_scale(pair.emg_cfg.data, data_root)  # what the token cache used
+    task = TransformerTask(build_model(cfg), pair.record(),
+                           None if scale is None else [float(v) for v in scale])
     return train_loop(task, data, cfg.train, run_dir, extra=cfg.to_dict(), resume=resume,
                       progress=progress)
 

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from mlmlmlm.models.codec import Codec
-from mlmlmlm.models.transformer import StepOutput, TranslationTransformer
+from mlmlmlm.models.transformer import TranslationTransformer
+from mlmlmlm.models.transformer_io import StepOutput
 from mlmlmlm.translate import inference_copy
 
 DEFAULT_WINDOW_S = 6.0  # sliding window over both caches: the paper's 6-s training windows

@@ -8,9 +8,8 @@ import torch.nn.functional as F
 from mlmlmlm.models.transformer import (
     TransformerConfig,
     TranslationTransformer,
-    flat_tokens,
-    sample_logits,
 )
+from mlmlmlm.models.transformer_io import flat_tokens, sample_logits
 from mlmlmlm.nn.attention import apply_rope, may_attend, rope_tables
 
 N_Q, K, N_QE, K_E = 3, 16, 2, 8

@@ -103,6 +103,18 @@ def test_a_stale_cache_is_never_read(smoke_codecs, smoke_corpus):
     assert torch.equal(T.split_tokens(pair, smoke_corpus, "val")[0].emg, real[0].emg)
 
 
+def test_the_cache_key_does_not_depend_on_how_the_root_is_spelt(smoke_codecs, smoke_corpus,
+                                                                monkeypatch):
+    import os
+
+    pair = pair_of(smoke_codecs)
+    absolute = T.cache_key(pair, smoke_corpus.resolve(), "val", [1.0])
+    monkeypatch.chdir(smoke_corpus.parent)
+    relative = T.cache_key(pair, smoke_corpus.name, "val", [1.0])
+    assert relative == absolute and os.path.isabs(relative["data_root"])
+    assert T.cache_path(pair, smoke_corpus.name, "val") == T.cache_path(pair, smoke_corpus, "val")
+
+
 def test_frame_rates_must_match(codec_copies):
     path = codec_copies["emg"] / "checkpoint.pt"
     ckpt = torch.load(path, weights_only=True)

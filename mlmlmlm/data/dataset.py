@@ -103,8 +103,13 @@ class Track:
 
 # ----------------------------------------------------------------------------- root check
 def _signature(root: Path) -> tuple:
+    """Every file under ``root`` as (path relative to root, size, mtime): the same however the
+    root is spelt (``data/default`` or its absolute path: the book's runs and ``mlmlmlm train``
+    used to key one token cache two ways and re-encode it in turn)."""
+    root = Path(root)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "emg_scale.json")
-    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in files)
 
 
 def require_clean(root, window_s: float = 6.0) -> None:
@@ -116,7 +121,7 @@ def require_clean(root, window_s: float = 6.0) -> None:
         ``.problems`` holds the list.
     """
     root = Path(root)
-    key = (_signature(root) if root.is_dir() else (str(root),), float(window_s))
+    key = (str(root.resolve()), _signature(root) if root.is_dir() else (), float(window_s))
     if key not in _CHECKED:
         _CHECKED[key] = check_path(root, window_s=window_s)
     problems = _CHECKED[key]

@@ -41,6 +41,7 @@ from mlmlmlm.config import (
 from mlmlmlm.data.corpus import ensure_default
 from mlmlmlm.figures import FIGURE_DIR, results_figures
 from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table
+from mlmlmlm.runs import write_placeholder_pages
 
 
 class RunbookError(RuntimeError):
@@ -389,6 +390,7 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
             f"(total {time.time() - t_all:.0f} s)")
     for phase in sorted({r.split("/")[0] for r in list_runs()}):
         write_results(phase, root)
+    write_placeholder_pages(root)  # runs not in this build: their links still resolve
     if failures:
         raise RunbookError(f"{len(failures)} run(s) failed:\n" + "\n".join(failures))
     index = build_book(root, log)

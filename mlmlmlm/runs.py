@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +56,36 @@ def load_cards(root: Path) -> dict[str, dict]:
     return out
 
 
+_QUOTED = re.compile(r"\{\{\s*r\.(\w+)\.(\w+)\s*\}\}")
+
+
+def quoted_keys(root: Path) -> dict[str, set[str]]:
+    """``{run name: keys}`` that the chapters' Markdown under ``<root>/book`` quotes as
+    ``{{ r.<name>.<key> }}``."""
+    used: dict[str, set[str]] = {}
+    for md in sorted((Path(root) / "book").rglob("*.md")):
+        for name, key in _QUOTED.findall(md.read_text(encoding="utf-8")):
+            used.setdefault(name, set()).add(key)
+    return used
+
+
 def substitutions(root: Path) -> dict[str, Any]:
     """``{"r": {run name: {metric: text}}}`` for every experiment: a card's metrics formatted
     by :func:`fmt`, plus ``scale``, ``date``, ``wall_s`` and ``status``; ``1/N`` as ``chance``.
-    A run without a card gets every key its phase's cards have, as "(not run yet)", so a book
-    built with ``--only`` still builds."""
+    A run without a card gets every key its phase's cards have and every key the chapters quote
+    of it, as "(not run yet)", so a book built with ``--only`` still builds."""
     cards = load_cards(root)
     keys: dict[str, set[str]] = {}
     for run, card in cards.items():
         keys.setdefault(run.split("/")[0], set()).update(card.get("metrics", {}))
+    quoted = quoted_keys(root)
     r: dict[str, dict[str, str]] = {}
     for run in list_runs():
         phase, name = run.split("/")
         card = cards.get(run)
         if card is None:
-            base = {"scale", "date", "wall_s", "status", "chance"} | keys.get(phase, set())
+            base = ({"scale", "date", "wall_s", "status", "chance"} | keys.get(phase, set())
+                    | quoted.get(name, set()))
             r[name] = {k: NOT_RUN for k in base}
             continue
         m = card.get("metrics", {})
@@ -82,3 +98,25 @@ def substitutions(root: Path) -> dict[str, Any]:
                 "chance": fmt(1 / n) if n else NOT_COMPUTED}
         r[name] = row
     return {"r": r}
+
+
+def write_placeholder_pages(root: Path) -> list[Path]:
+    """A short page ``book/<phase>/runs/<run>.md`` for every experiment that has no run page
+    (``<run>.ipynb``) in this book root, saying how to make it, so the chapters' links to it
+    resolve in a book built with ``--only``; a placeholder whose run page now exists is
+    removed. Returns the placeholders written."""
+    from mlmlmlm.atomic import write_text_atomic
+
+    written = []
+    for run in list_runs():
+        phase, name = run.split("/")
+        pages = Path(root) / "book" / phase / "runs"
+        placeholder = pages / f"{name}.md"
+        if (pages / f"{name}.ipynb").exists():
+            placeholder.unlink(missing_ok=True)
+            continue
+        write_text_atomic(placeholder, f"# {name} {NOT_RUN}\n\nThis book was built without the run "
+                          f"`{run}`. `mlmlmlm book --only {run}` runs it and writes its page, "
+                          "its card and its row of the chapter's table.\n")
+        written.append(placeholder)
+    return written

@@ -106,6 +106,28 @@ def test_substitutions_fill_runs_without_a_card(tmp_path):
     # a run of the same chapter without a card: every key the chapter quotes, marked
     assert r["a_rvq_vae_1"]["identifiability_audio"] == NOT_RUN
     assert r["a_rvq_vae_1"]["steps"] == NOT_RUN
+    # a chapter none of whose runs has a card: the keys its prose quotes
+    live = tmp_path / "book/06_live_demo"
+    live.mkdir(parents=True)
+    (live / "index.md").write_text("Per frame {{ r.live.default_frame_ms }} ms, {{r.te2_frame_ll.steps}}.")
+    r = substitutions(tmp_path)["r"]
+    assert r["live"]["default_frame_ms"] == r["te2_frame_ll"]["steps"] == NOT_RUN
+
+
+def test_runs_without_a_page_get_a_placeholder_until_they_run(tmp_path):
+    from mlmlmlm.config import list_runs
+    from mlmlmlm.runs import NOT_RUN, write_placeholder_pages
+
+    runs = tmp_path / "book/02_audio_codec/runs"
+    runs.mkdir(parents=True)
+    (runs / "a_vae.ipynb").write_text("{}")
+    written = write_placeholder_pages(tmp_path)
+    assert len(written) == len(list_runs()) - 1 and not (runs / "a_vae.md").exists()
+    live = tmp_path / "book/06_live_demo/runs/live.md"
+    assert NOT_RUN in live.read_text() and "mlmlmlm book --only 06_live_demo/live" in live.read_text()
+    (live.parent / "live.ipynb").write_text("{}")  # the run page arrives: the placeholder goes
+    write_placeholder_pages(tmp_path)
+    assert not live.exists() and (runs.parent / "runs/a_vae.ipynb").exists()
 
 
 def _chromium():

@@ -291,9 +291,10 @@ def listen_section(s: Setup, gen: Generated, guidance: float = 1.0) -> None:
     for split, ws in gen.windows.items():
         cols = []
         for i, w in enumerate(ws):
-            cols += [(f"{w.label}: reference", w.audio),
-                     (f"{w.label}: true EMG", gen.audio[(split, guidance, "true")][i]),
-                     (f"{w.label}: shuffled EMG", gen.audio[(split, guidance, "shuffled")][i])]
+            # the window's name once per row, on two lines: three long titles overlapped
+            cols += [(f"{w.label}\nreference", w.audio),
+                     ("\ngenerated, true EMG", gen.audio[(split, guidance, "true")][i]),
+                     ("\ngenerated, shuffled EMG", gen.audio[(split, guidance, "shuffled")][i])]
         report.spectrogram_grid(cols, gen.sr, "audio", title=f"split {split}", ncols=3)
         plt.show()
         rows = [(w.label, {"reference": w.audio, "codec resynthesis": gen.ceiling[split][i],

@@ -359,6 +359,20 @@ def test_condition_dropout_in_training():
     assert not ((m(a, e).logits - dropped).abs().amax(dim=(1, 2, 3)) < 1e-6).any()
 
 
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_token_noise_corrupts_what_is_read_in_training_only(layout):
+    clean, noisy = tiny(layout), tiny(layout, token_noise=0.5, cond_dropout=0.0)
+    a, e = codes(8, 6)
+    assert torch.equal(noisy(a, e).logits, clean(a, e).logits)  # eval: no noise at all
+    noisy.train()
+    torch.manual_seed(0)
+    out = noisy(a, e)
+    assert torch.equal(out.targets, a)  # the targets stay the true codes
+    assert (out.logits - clean(a, e).logits).abs().amax() > 1e-3  # what was read changed
+    with pytest.raises(ValueError):
+        TransformerConfig(token_noise=1.0)
+
+
 def test_sample_logits_filters():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 32, generator=g)

@@ -63,6 +63,10 @@ class TransformerConfig:
     # (d 128, 512 flat tokens, batch 8: 1.16 s a step with 0.1, see the closing note of stop 14)
     attn_dropout: float = 0.0
     cond_dropout: float = 0.1
+    # training only: each audio code the model *reads* (not its targets) is replaced by a random
+    # code with this probability, so the audio history alone predicts less and the EMG matters
+    # more; the depth head's within-frame codes stay clean (0: the paper's plain teacher forcing)
+    token_noise: float = 0.0
     rope_base: float = 10000.0
     depth_layers: int = 2  # frame layout: depth transformer over the levels
     depth_d_model: int | None = None  # None: d_model
@@ -75,8 +79,8 @@ class TransformerConfig:
         for name in ("d_model", "depth_width"):
             if getattr(self, name) % (2 * self.n_heads):
                 raise ValueError(f"{name} must split into {self.n_heads} heads of even width")
-        if self.lookahead < 0 or not (0 <= self.cond_dropout < 1 and 0 <= self.dropout < 1
-                                          and 0 <= self.attn_dropout < 1):
+        rates = (self.cond_dropout, self.dropout, self.attn_dropout, self.token_noise)
+        if self.lookahead < 0 or not all(0 <= r < 1 for r in rates):
             raise ValueError("lookahead must be >= 0 and dropouts in [0, 1)")
 
     @property
@@ -232,10 +236,14 @@ class TranslationTransformer(CachedGeneration, nn.Module):
         if drop_emg is None:
             p = cfg.cond_dropout if self.training else 0.0
             drop_emg = torch.rand(B, device=dev) < p
+        history = audio_codes  # what the positions read; the targets stay audio_codes
+        if self.training and cfg.token_noise > 0:  # some read codes replaced by random ones
+            hit = torch.rand(audio_codes.shape, device=dev) < cfg.token_noise
+            history = torch.where(hit, torch.randint_like(audio_codes, K), audio_codes)
         if cfg.layout == "flat":
-            inp, L = flat_tokens(audio_codes, K), T * n_q
+            inp, L = flat_tokens(history, K), T * n_q
         else:
-            inp, L = audio_codes, T
+            inp, L = history, T
         b = int(cfg.bos)  # with a start token, position -1 holds it
         pos = torch.arange(-b, L, device=dev)
         x = self._embed_audio(inp, pos, bos=cfg.bos)  # [B, b + L, d]

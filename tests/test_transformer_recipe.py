@@ -211,3 +211,16 @@ def test_bench_transformer_reports_cached_and_uncached_speed():
         assert r["token_ms_0.6s"] == pytest.approx(r["step_ms_0.6s"] / 4)
         # the sliding window keeps the caches at the context: ctx frames of audio and EMG
         assert r["cache"]["emg"] <= ctx and r["cache"]["self"] <= ctx * (4 if layout == "flat" else 1)
+
+
+def test_token_metrics_with_shuffled_emg_measure_what_the_emg_is_worth():
+    from mlmlmlm.recipes.transformer import token_metrics
+
+    m = tiny("flat")
+    a, e = codes(6, 8)
+    items = [{"audio": a[i], "emg": e[i]} for i in range(6)]
+    true, shuffled = token_metrics(m, items), token_metrics(m, items, shuffle_emg=True)
+    assert abs(shuffled["loss"] - true["loss"]) > 1e-4  # another window's EMG: another loss
+    same = [{"audio": a[i], "emg": e[0]} for i in range(6)]  # every window the same EMG
+    assert token_metrics(m, same, shuffle_emg=True)["loss"] == pytest.approx(
+        token_metrics(m, same)["loss"], abs=1e-6)

@@ -210,10 +210,13 @@ def load_translation(run_dir: str | Path, use_ema: bool = True):
 
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def token_metrics(model, items: list[dict], batch_size: int = 8) -> dict[str, Any]:
+def token_metrics(model, items: list[dict], batch_size: int = 8,
+                  shuffle_emg: bool = False) -> dict[str, Any]:
     """Teacher-forced held-out metrics over token windows (items as ``TokenDataset``'s): per RVQ
     level token accuracy (argmax == target) and perplexity (exp of the mean cross-entropy), over
-    every predicted code; EMG never dropped (eval mode)."""
+    every predicted code; EMG never dropped (eval mode). ``shuffle_emg``: each window is given
+    the EMG of the next window of its length instead (what the EMG is worth: the loss rises by
+    the information the model takes from it)."""
     model.eval()
     n_q = model.cfg.n_q
     ce, correct, count = torch.zeros(n_q), torch.zeros(n_q), torch.zeros(n_q)
@@ -222,10 +225,13 @@ def token_metrics(model, items: list[dict], batch_size: int = 8) -> dict[str, An
     for it in items:
         by_len.setdefault(it["audio"].shape[-1], []).append(it)
     for group in by_len.values():
+        emgs = [it["emg"] for it in group]
+        if shuffle_emg:
+            emgs = emgs[1:] + emgs[:1]
         for i in range(0, len(group), batch_size):
             chunk = group[i:i + batch_size]
             a = torch.stack([it["audio"] for it in chunk]).to(dev)  # [B, n_q, T]
-            e = torch.stack([it["emg"] for it in chunk]).to(dev)  # [B, emg_n_q, T]
+            e = torch.stack(emgs[i:i + batch_size]).to(dev)  # [B, emg_n_q, T]
             out = model(a, e)
             terms = model.loss(out)
             k = (out.valid.sum(1) * a.shape[0]).float().cpu()  # [n_q] predicted codes
@@ -251,8 +257,13 @@ def eval_items(cfg: RunConfig, pair: CodecPair, data_root: Path | str) -> list[d
 def summary(cfg: RunConfig, run_dir: Path, data_root: Path) -> dict[str, Any]:
     """Held-out token accuracy and perplexity per level, as ``mlmlmlm train --eval`` prints."""
     model, cfg, pair = load_pair(run_dir)
-    m = token_metrics(model, eval_items(cfg, pair, data_root))
-    out: dict[str, Any] = {"eval_loss": m["loss"], "n_eval_windows": m["n_eval_windows"]}
+    items = eval_items(cfg, pair, data_root)
+    m = token_metrics(model, items)
+    shuffled = token_metrics(model, items, shuffle_emg=True)["loss"]
+    # nats per code the true EMG saves over another window's: 0 means the EMG is ignored
+    out: dict[str, Any] = {"eval_loss": m["loss"], "n_eval_windows": m["n_eval_windows"],
+                           "eval_loss_shuffled_emg": shuffled,
+                           "emg_information_nats": shuffled - m["loss"]}
     for q, (a, p) in enumerate(zip(m["token_accuracy"], m["perplexity"])):
         out[f"token_accuracy_q{q}"], out[f"perplexity_q{q}"] = a, p
     return out

@@ -38,10 +38,16 @@ PANELS = (
     ("eval_median_cents_error", "median pitch error (cents)", "lower"),
     ("eval_loudness_error_db", "loudness error (dB)", "lower"),
     ("eval_median_frequency_error", "median frequency error (Hz)", "lower"),
+    # translation runs (chapter 5): does the EMG steer the sound, and how well are codes predicted
+    ("cond_loudness_corr_true", "loudness corr., true EMG", "higher"),
+    ("cond_loudness_margin", "loudness corr., true − shuffled", "higher"),
+    ("emg_information_nats", "EMG information (nats/code)", "higher"),
+    ("token_accuracy_q0", "token accuracy, level 0", "higher"),
 )
 # metrics on a 0-1 scale, drawn on the same axis (identifiability also shows threshold, chance)
 UNIT_RANGE = {"identifiability_audio", "identifiability_emg", "eval_raw_pitch_accuracy",
-              "eval_envelope_correlation"}
+              "eval_envelope_correlation", "cond_loudness_corr_true", "cond_loudness_margin",
+              "token_accuracy_q0"}
 MAX_PANELS = 4
 WIDTH = 7.5  # inches: the book's text column, where the page shows a figure at its font size
 MAX_POINTS = 400  # per training curve: longer logs are averaged in bins (paper scale: 8,000 rows)

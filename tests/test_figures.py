@@ -140,6 +140,10 @@ def test_each_chapter_leads_with_identifiability_then_pitch_or_envelopes():
                            "eval_median_frequency_error"]
     assert panels(audio | emg) == ["identifiability_audio", "identifiability_emg",
                                    "eval_raw_pitch_accuracy", "eval_envelope_correlation"]
+    translation = {"token_accuracy_q0": 0.2, "cond_loudness_corr_true": 0.05,
+                   "cond_loudness_margin": -0.01, "emg_information_nats": 0.007}
+    assert panels(translation) == ["cond_loudness_corr_true", "cond_loudness_margin",
+                                   "emg_information_nats", "token_accuracy_q0"]
     # a correlation below zero stays on its axis, and 0-1 metrics share the 0-1 scale
     cards = [{"name": "a", "status": "ok", "metrics": emg},
              {"name": "b", "status": "ok", "metrics": emg | {"eval_envelope_correlation": 0.5}}]

@@ -206,6 +206,25 @@ def test_incremental_equals_teacher_forced(layout, lookahead, chunks):
 
 
 @pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_emg_context_stays_causal_and_streams_exactly(layout):
+    m = tiny(layout, 1, emg_context=4)
+    a, e = codes(2, 12)
+    for k in (3, 7):  # EMG frame k reaches frames >= k - lookahead, never earlier
+        e2 = e.clone()
+        e2[:, :, k] = (e2[:, :, k] + 1) % K_E
+        d = changed_frames(m, a, e, e2)
+        assert torch.all(d[:k - 1] == 0) and torch.all(d[k - 1:] > 1e-3), d
+    full = m(a, e).logits
+    for chunks in ([1], [3, 1, 5, 2]):  # the context's state crosses chunk boundaries
+        step, cache = run_cached(m, a, e, 2, chunks)
+        assert (step - full[:, :, 2:]).abs().max().item() < TOL
+        assert cache.emg_past.shape == (2, 3, 32)
+    plain = tiny(layout, 1)
+    plain.load_state_dict(m.state_dict(), strict=False)  # the same weights, no EMG context
+    assert (plain(a, e).logits - full).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
 def test_step_waits_for_its_emg(layout):
     m = tiny(layout, lookahead=1)
     a, e = codes(1, 6)
@@ -258,8 +277,9 @@ def test_prompt_fed_once(layout):
 
 
 @pytest.mark.parametrize("layout", ["flat", "frame"])
-def test_sliding_window_bounded_and_exact(layout):
-    m = tiny(layout, lookahead=1)
+@pytest.mark.parametrize("ctx", [0, 4], ids=["plain", "emg_context"])
+def test_sliding_window_bounded_and_exact(layout, ctx):
+    m = tiny(layout, lookahead=1, emg_context=ctx)
     W, P, n = 3, 2, 30  # 10 W frames past the prompt
     a, e = codes(1, P + n)
     g = torch.Generator().manual_seed(3)

@@ -50,7 +50,7 @@ class CachedGeneration:
         self._check(emg_codes, self.cfg.emg_n_q, self.cfg.emg_codebook_size, "EMG")
         if emg_codes.shape[0] != cache.batch_size:
             raise ValueError(f"EMG batch {emg_codes.shape[0]} != cache batch {cache.batch_size}")
-        emg = self._embed_emg(emg_codes)  # [B, n, d]
+        emg, cache.emg_past = self._emg_context(self._embed_emg(emg_codes), cache.emg_past)
         pos = torch.arange(cache.n_emg, cache.n_emg + emg.shape[1], device=emg.device)
         rope = self._rope(pos, emg.dtype)
         for block, buffer in zip(self.blocks, cache.emg_kv):

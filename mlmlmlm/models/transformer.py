@@ -67,6 +67,11 @@ class TransformerConfig:
     # code with this probability, so the audio history alone predicts less and the EMG matters
     # more; the depth head's within-frame codes stay clean (0: the paper's plain teacher forcing)
     token_noise: float = 0.0
+    # EMG context: each EMG frame's embedding plus a causal depthwise convolution over the last
+    # ``emg_context`` frame embeddings (initialised to their mean), so that cross-attention sees
+    # envelope-like summaries and not only one frame's codes, which at a short EMG hop mostly
+    # code the noise-like carrier; 0 or 1: none (the paper's)
+    emg_context: int = 0
     rope_base: float = 10000.0
     depth_layers: int = 2  # frame layout: depth transformer over the levels
     depth_d_model: int | None = None  # None: d_model
@@ -129,6 +134,8 @@ class TranslationTransformer(CachedGeneration, nn.Module):
         d = cfg.d_model
         self.audio_emb = nn.Embedding(cfg.vocab_size, d)  # level q's code c at row q * K + c
         self.emg_emb = nn.Embedding(cfg.emg_n_q * cfg.emg_codebook_size, d)  # same for EMG
+        if cfg.emg_context > 1:  # causal: left context only, state kept by the cache
+            self.emg_ctx = nn.Conv1d(d, d, cfg.emg_context, groups=d, bias=False)
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ffn_width, cfg.dropout,
                                           attn_dropout=cfg.attn_dropout)
                                     for _ in range(cfg.n_layers))
@@ -146,6 +153,8 @@ class TranslationTransformer(CachedGeneration, nn.Module):
             nn.init.normal_(self.depth.head, std=0.02)
         if cfg.bos:
             nn.init.normal_(self.bos, std=0.02)
+        if cfg.emg_context > 1:  # the mean of the last emg_context frames
+            nn.init.constant_(self.emg_ctx.weight, 1.0 / cfg.emg_context)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -188,6 +197,19 @@ class TranslationTransformer(CachedGeneration, nn.Module):
         n_qe = self.cfg.emg_n_q
         offsets = torch.arange(n_qe, device=emg_codes.device)[:, None] * self.cfg.emg_codebook_size
         return self.emg_emb(emg_codes + offsets).sum(1)  # [B, n_qe, n, d] -> [B, n, d]
+
+    def _emg_context(self, emg: Tensor, past: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """EMG frame embeddings [B, n, d] -> with their causal context [B, n, d], given the
+        ``past`` embeddings [B, k - 1, d] before them (None: zeros, the start of a stream);
+        also returns the new past. Identity when ``emg_context`` <= 1."""
+        k = self.cfg.emg_context
+        if k <= 1:
+            return emg, None
+        if past is None:
+            past = emg.new_zeros(emg.shape[0], k - 1, emg.shape[2])
+        x = torch.cat([past, emg], dim=1)  # [B, k - 1 + n, d]
+        ctx = self.emg_ctx(x.transpose(1, 2)).transpose(1, 2)  # [B, n, d]
+        return emg + ctx, x[:, x.shape[1] - (k - 1):]
 
     def _rope(self, pos: Tensor, dtype: torch.dtype):
         return rope_tables(pos, self.cfg.head_dim, self.cfg.rope_base, dtype)
@@ -247,7 +269,7 @@ class TranslationTransformer(CachedGeneration, nn.Module):
         b = int(cfg.bos)  # with a start token, position -1 holds it
         pos = torch.arange(-b, L, device=dev)
         x = self._embed_audio(inp, pos, bos=cfg.bos)  # [B, b + L, d]
-        emg = self._embed_emg(emg_codes)  # [B, T_e, d]
+        emg = self._emg_context(self._embed_emg(emg_codes))[0]  # [B, T_e, d]
         emg_pos = torch.arange(T_e, device=dev)
         emg_rope = self._rope(emg_pos, x.dtype)
         emg_kv = [block.emg_kv(emg, emg_rope) for block in self.blocks]

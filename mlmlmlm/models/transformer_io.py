@@ -82,6 +82,7 @@ class GenerationCache:
     n_fed: int = 0  # audio positions fed
     n_frames: int = 0  # audio frames known (prompt + generated)
     pending: Tensor | None = None
+    emg_past: Tensor | None = None  # [B, emg_context - 1, d]: the EMG context's state
     bos_pending: bool = False  # the start token is fed (before ``pending``) by the next step
 
     def size(self) -> dict[str, int]:

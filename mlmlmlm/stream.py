@@ -400,33 +400,3 @@ def check_compatible(model: TranslationTransformer, audio_codec: Codec, emg_code
     if abs(a.frame_rate - e.frame_rate) > 1e-9 * a.frame_rate:
         raise StreamError(f"audio frames ({a.frame_rate:.4f}/s) and EMG frames "
                           f"({e.frame_rate:.4f}/s) do not align one to one")
-
-
-def streaming_rtf(translator: Translator, emg: np.ndarray, prompt: np.ndarray | None,
-                  chunk: int | None = None) -> dict:
-    """Run ``emg`` [C, n] through a translator started from ``prompt`` in chunks of ``chunk``
-    EMG samples (default one EMG hop, as a live board delivers) and summarise its compute.
-
-    Returns
-    -------
-    dict: ``rtf`` (compute over the audio duration produced), ``p50``, ``p99``, ``max``
-    (per-frame compute, seconds), ``frames``, ``frame_period_s``, ``wall_rtf`` (the whole push
-    loop by the clock), ``cpu_rtf`` (the CPU time this process spent in it: on a machine busy
-    with other work, and one torch thread, closer to what an idle core would take) and
-    ``start_s`` (encoding and priming the prompt).
-    """
-    chunk = chunk or translator.emg_hop
-    translator.start(prompt)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(0, emg.shape[1], chunk):
-        translator.push_emg(emg[:, i:i + chunk])
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    times = np.asarray(translator.frame_times)
-    if not times.size:
-        raise StreamError("no frame was generated: the EMG is shorter than one frame + lookahead")
-    period = 1.0 / translator.frame_rate
-    p50, p99 = np.percentile(times, [50, 99])
-    return {"rtf": float(times.sum() / (times.size * period)), "p50": float(p50),
-            "p99": float(p99), "max": float(times.max()), "frames": int(times.size),
-            "frame_period_s": period, "wall_rtf": wall / (times.size * period),
-            "cpu_rtf": cpu / (times.size * period), "start_s": translator.start_seconds}

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from mlmlmlm.data.preprocess import filter_emg
+from mlmlmlm.live.latency import streaming_rtf
 from mlmlmlm.models.codec import Codec, CodecConfig
 from mlmlmlm.models.transformer import TransformerConfig, TranslationTransformer
-from mlmlmlm.stream import StreamError, Translator, streaming_rtf
+from mlmlmlm.stream import StreamError, Translator
 from mlmlmlm.translate import EmgPrep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -145,7 +145,6 @@ def _spread_ms(x) -> dict | None:
 def compute_per_frame(translator, seconds: float = 10.0, chunk: int | None = None) -> dict:
     """Per-frame compute of ``translator`` on ``seconds`` of random EMG pushed ``chunk`` EMG
     samples at a time (default one EMG hop; the engine pushes a Bela buffer's worth)."""
-    from mlmlmlm.stream import streaming_rtf
 
     rng = np.random.default_rng(0)
     emg = (0.3 * rng.standard_normal((6, int(seconds * translator.emg_sr)))).astype(np.float32)
@@ -277,3 +276,35 @@ def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: floa
     out["real_time"] = underruns_real_time(tr, seconds, playout_ms) | {"translator": out[
         "translator"]}
     return out
+
+
+def streaming_rtf(translator, emg: np.ndarray, prompt: np.ndarray | None,
+                  chunk: int | None = None) -> dict:
+    """Run ``emg`` [C, n] through a translator started from ``prompt`` in chunks of ``chunk``
+    EMG samples (default one EMG hop, as a live board delivers) and summarise its compute.
+
+    Returns
+    -------
+    dict: ``rtf`` (compute over the audio duration produced), ``p50``, ``p99``, ``max``
+    (per-frame compute, seconds), ``frames``, ``frame_period_s``, ``wall_rtf`` (the whole push
+    loop by the clock), ``cpu_rtf`` (the CPU time this process spent in it: on a machine busy
+    with other work, and one torch thread, closer to what an idle core would take) and
+    ``start_s`` (encoding and priming the prompt).
+    """
+    chunk = chunk or translator.emg_hop
+    translator.start(prompt)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, emg.shape[1], chunk):
+        translator.push_emg(emg[:, i:i + chunk])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    from mlmlmlm.stream import StreamError
+
+    times = np.asarray(translator.frame_times)
+    if not times.size:
+        raise StreamError("no frame was generated: the EMG is shorter than one frame + lookahead")
+    period = 1.0 / translator.frame_rate
+    p50, p99 = np.percentile(times, [50, 99])
+    return {"rtf": float(times.sum() / (times.size * period)), "p50": float(p50),
+            "p99": float(p99), "max": float(times.max()), "frames": int(times.size),
+            "frame_period_s": period, "wall_rtf": wall / (times.size * period),
+            "cpu_rtf": cpu / (times.size * period), "start_s": translator.start_seconds}

@@ -145,7 +145,6 @@ def _spread_ms(x) -> dict | None:
 def compute_per_frame(translator, seconds: float = 10.0, chunk: int | None = None) -> dict:
     """Per-frame compute of ``translator`` on ``seconds`` of random EMG pushed ``chunk`` EMG
     samples at a time (default one EMG hop; the engine pushes a Bela buffer's worth)."""
-
     rng = np.random.default_rng(0)
     emg = (0.3 * rng.standard_normal((6, int(seconds * translator.emg_sr)))).astype(np.float32)
     prompt = (0.1 * rng.standard_normal(4 * translator.audio_hop)).astype(np.float32)

@@ -69,12 +69,18 @@ def device_name() -> str:
 
 def upstream_checkpoints(cfg: RunConfig, run_dir: Path) -> list[Path]:
     """The checkpoints a run is built on: a translation run's frozen codecs (``codecs:``), the
-    runs of the same scale and data beside its own folder. Their bytes enter its config hash, so
-    a retrained codec makes the run stale."""
+    live record's translation runs (one per preset), the runs of the same scale and data beside
+    its own folder. Their bytes enter its config hash, so a retrained codec or translator makes
+    the run stale."""
+    tag = run_dir.name[len(cfg.name):]
     codecs = cfg.sections.get("codecs")
+    if codecs is None and cfg.phase == "06_live_demo" and cfg.kind == "dataset":
+        from mlmlmlm.live_page import PRESETS  # the live record plays the presets' translators
+
+        return [run_dir.parent.parent / run.split("/")[0] / (run.split("/")[1] + tag)
+                / "checkpoint.pt" for run in PRESETS.values()]
     if codecs is None:
         return []
-    tag = run_dir.name[len(cfg.name):]
     out = []
     for ref in (codecs.audio, codecs.emg):
         phase, _, name = ref.partition("/")

@@ -100,3 +100,8 @@ def test_a_retrained_codec_makes_the_translation_runs_stale(tmp_path):
     assert _config_hash(cfg, nb, data, up) != trained
     codec = load_run_config("02_audio_codec/audio_codec", "smoke")
     assert upstream_checkpoints(codec, tmp_path / "runs/smoke/02_audio_codec/audio_codec") == []
+    # the live record is stale once either preset's translation run is retrained
+    live = load_run_config("06_live_demo/live", "smoke")
+    assert upstream_checkpoints(live, tmp_path / "runs/smoke/06_live_demo/live.data-1234") == [
+        tmp_path / "runs/smoke/05_transformer/te2_frame.data-1234/checkpoint.pt",
+        tmp_path / "runs/smoke/06_live_demo/te2_frame_ll.data-1234/checkpoint.pt"]

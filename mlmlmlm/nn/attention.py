@@ -201,19 +201,34 @@ class CrossAttention(nn.Module):
         Bk, hd = k.shape[0], d // self.n_heads
         q = apply_rope(self.q(x).view(B, L, self.n_heads, hd).transpose(1, 2), rope)  # [B,H,L,hd]
         n = k.shape[2]
-        # the null key (zeros: score 0) and its learned value go first: [Bk, H, 1 + n, hd]
-        k = torch.cat([k.new_zeros(Bk, self.n_heads, 1, hd), k], dim=2)
         null_v = self.null_value[None, :, None, :].to(v.dtype)  # [1, H, 1, hd]
-        v = torch.cat([null_v.expand(Bk, -1, -1, -1), v], dim=2)
-        if mask is not None:  # the null column is always visible
-            mask = mask.expand(Bk, 1, L, n)  # [L, n] or [Bk, 1, L, n]
-            mask = torch.cat([mask.new_ones(Bk, 1, L, 1), mask], dim=-1)  # [Bk, 1, L, 1 + n]
-        # one fused kernel (scores, softmax, weighted sum) instead of four [Bk, H, L, n] tensors
-        y = F.scaled_dot_product_attention(q[:Bk], k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if 4 * L < n:  # a few queries (a generation step): copying K/V would cost more
+            y = self._few_queries(q[:Bk], k, v, null_v, mask)
+        else:
+            # the null key (zeros: score 0) and its learned value go first: [Bk, H, 1 + n, hd]
+            k = torch.cat([k.new_zeros(Bk, self.n_heads, 1, hd), k], dim=2)
+            v = torch.cat([null_v.expand(Bk, -1, -1, -1), v], dim=2)
+            if mask is not None:  # the null column is always visible
+                mask = mask.expand(Bk, 1, L, n)  # [L, n] or [Bk, 1, L, n]
+                mask = torch.cat([mask.new_ones(Bk, 1, L, 1), mask], dim=-1)  # [Bk,1,L,1+n]
+            # one fused kernel (scores, softmax, weighted sum), not four [Bk, H, L, n] tensors
+            y = F.scaled_dot_product_attention(q[:Bk], k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
         if Bk < B:  # EMG-dropped rows: softmax over the null key alone is exactly 1
             y = torch.cat([y, null_v.expand(B - Bk, -1, L, -1)], dim=0)
         return self.out(y.transpose(1, 2).reshape(B, L, d))  # [B, H, L, hd] -> [B, L, d]
+
+
+    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor, null_v: Tensor,
+                     mask: Tensor | None) -> Tensor:
+        """The same attention, scores first: q [Bk, H, L, hd] over k, v [Bk, H, n, hd] and the
+        null key (score 0, value ``null_v``) without copying K/V; returns [Bk, H, L, hd]."""
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [Bk, H, L, n]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        w = torch.softmax(torch.cat([scores.new_zeros(*scores.shape[:-1], 1), scores], -1), -1)
+        w = F.dropout(w, self.dropout, self.training)
+        return w[..., :1] * null_v + w[..., 1:] @ v
 
 
 class SwiGLU(nn.Module):

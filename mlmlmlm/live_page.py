@@ -188,17 +188,18 @@ def load_preset(s: Setup, preset: str):
 
 def play(s: Setup, preset: str, tr, excerpt, *, threshold_db: float, playout_ms: float,
          prompt_s: float, lead_s: float = 1.0, live: bool = False,
-         seconds: float | None = None) -> Record:
+         seconds: float | None = None, board: str = "bela") -> Record:
     """Run the engine for one preset on ``excerpt`` (:func:`held_out_excerpt`), or, with
-    ``live``, on a Bela board and the sound card for ``seconds``; record into
-    ``<run_dir>/session-<prefix>`` and read the session back."""
+    ``live``, on the Bela board ``board`` (``bela[:HOST[:PORT]]``, as ``mlmlmlm live --emg``)
+    and the sound card for ``seconds``; record into ``<run_dir>/session-<prefix>`` and read the
+    session back. No sound card: one-line ``AudioDeviceError``, the engine stopped."""
     import soundfile as sf
     import torch
 
     from mlmlmlm.live import audio_io as io
     from mlmlmlm.live.engine import Engine, EngineConfig
     from mlmlmlm.live.session import SessionRecorder, read_events
-    from mlmlmlm.live.sources import BelaEmgSource, EmulatorEmgSource
+    from mlmlmlm.live.sources import EmulatorEmgSource, open_emg_source
     from mlmlmlm.live.trigger import TriggerConfig
 
     torch.set_num_threads(1)  # one frame is too small for two threads (see bench stream)
@@ -214,7 +215,8 @@ def play(s: Setup, preset: str, tr, excerpt, *, threshold_db: float, playout_ms:
                                        "excerpt": label, "playout_ms": playout_ms,
                                        "threshold_db": threshold_db, "prompt_s": prompt_s})
     if live:
-        src = BelaEmgSource(quiet=True)
+        io.import_sounddevice()  # no PortAudio: say so before the board is contacted
+        src = open_emg_source(board, quiet=True)
         audio_in = io.DeviceInput(sr, block)
         make = lambda ring, tap: io.DeviceOutput(ring, block, tap)
     else:
@@ -232,7 +234,11 @@ def play(s: Setup, preset: str, tr, excerpt, *, threshold_db: float, playout_ms:
         audio_in = AlignedInput(io.FileInput(wav, sr, block), src)
         make = lambda ring, tap: io.ClockOutput(ring, block, tap)
     eng = Engine(tr, src, audio_in, make, cfg, rec, log=lines.append)
-    eng.start()
+    try:
+        eng.start()
+    except io.AudioDeviceError:
+        eng.stop()  # what was recorded stays on disk
+        raise
     eng.wait(seconds if live else None, until_end=not live, every_s=0.05)
     summary = eng.stop()
     emu = getattr(src, "emulator", None)
@@ -247,8 +253,8 @@ def play(s: Setup, preset: str, tr, excerpt, *, threshold_db: float, playout_ms:
 
 
 def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms: float,
-                   prompt_s: float, live: bool = False, seconds: float | None = None
-                   ) -> dict[str, Record]:
+                   prompt_s: float, live: bool = False, seconds: float | None = None,
+                   board: str = "bela") -> dict[str, Record]:
     """Play both presets (those trained) through the engine; one status line each."""
     if not is_record(s):
         _md("The live record is the run `live` of this chapter.")
@@ -259,7 +265,7 @@ def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms: float,
         if tr is None:
             continue
         r = play(s, preset, tr, excerpt, threshold_db=threshold_db, playout_ms=playout_ms,
-                 prompt_s=prompt_s, live=live, seconds=seconds)
+                 prompt_s=prompt_s, live=live, seconds=seconds, board=board)
         m = r.summary
         # prose, not a printed stream: a reader's page opens with results, not console output
         _md(f"*{preset}*: EMG streaming from {r.audio_start_s:.2f} s of session time; "

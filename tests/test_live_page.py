@@ -204,3 +204,47 @@ def test_smoke_chapter_6_quotes_its_card(smoke_book):
     assert (f"the low-latency preset’s {fmt(m['ll_e2e_mean_ms'])} ms, SD "
             f"{fmt(m['ll_e2e_sd_ms'])} ms") in text
     assert m["default_e2e_matched"] >= 1 and m["ll_e2e_matched"] >= 1
+
+
+def test_live_mode_reads_the_board_and_stops_cleanly_without_a_sound_card(tmp_path, monkeypatch):
+    """``live=True`` (the notebook's ``-p live True``): EMG from the board named by ``board``
+    through the real pybela client (the emulator stands in for a Bela board on loopback), audio
+    from and to the sound card. This machine has none, so the card's two ends are stood in by a
+    file and the clocked output; then a card that fails to open is one line and a stopped engine."""
+    import threading
+
+    import soundfile as sf
+
+    from mlmlmlm.live import audio_io as io
+    from mlmlmlm.live.emulator import BelaEmulator, synthetic_emg
+    from mlmlmlm.live.latency import EnvelopeTranslator
+
+    sr = 22050.0
+    t = np.arange(int(4 * sr)) / sr
+    tone = tmp_path / "instrument.wav"  # a note from 0.5 s: the trigger starts a phrase
+    sf.write(tone, (0.3 * (t >= 0.5) * np.sin(2 * np.pi * 220 * t)).astype(np.float32), int(sr))
+    monkeypatch.setattr(io, "DeviceInput", lambda sr_, block: io.FileInput(tone, sr_, block))
+    monkeypatch.setattr(io, "DeviceOutput", lambda ring, block, tap: io.ClockOutput(ring, block, tap))
+    s = SimpleNamespace(run_dir=tmp_path)
+    nothing = ("no excerpt", np.zeros(0, np.float32), np.zeros((6, 0), np.float32))
+    with BelaEmulator(synthetic_emg(20.0), loop=True) as board:
+        r = page.play(s, "default", EnvelopeTranslator(), nothing, threshold_db=12.0,
+                      playout_ms=40.0, prompt_s=0.1, live=True, seconds=3.0,
+                      board=f"bela:127.0.0.1:{board.port}")
+    emg, emg_sr = sf.read(r.folder / "emg.wav", dtype="float32")
+    assert emg.shape[1] == 6 and emg.shape[0] > 1.5 * emg_sr  # the board's EMG, recorded
+    assert np.abs(emg).max() > 0 and r.summary["phrases"] >= 1 and r.summary["disconnects"] == 0
+    assert json.loads((r.folder / "session.json").read_text())["settings"]["live"] is True
+
+    class NoCard(io.FileInput):
+        def start(self, sink, clock):
+            raise io.AudioDeviceError("no audio device: input: Error querying device -1")
+
+    monkeypatch.setattr(io, "DeviceInput", lambda sr_, block: NoCard(tone, sr_, block))
+    with BelaEmulator(synthetic_emg(5.0)) as board, \
+            pytest.raises(io.AudioDeviceError, match="^no audio device: input: [^\n]*$"):
+        page.play(s, "low latency", EnvelopeTranslator(), nothing, threshold_db=12.0,
+                  playout_ms=40.0, prompt_s=0.1, live=True, seconds=3.0,
+                  board=f"bela:127.0.0.1:{board.port}")
+    assert not any(th.name == "engine" and th.is_alive() for th in threading.enumerate())
+    assert (tmp_path / "session-ll" / "events.jsonl").is_file()  # the session so far, on disk

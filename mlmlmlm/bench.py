@@ -321,11 +321,45 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
             "generation_rtf": at_ctx * rate, "cache": cache.size()}
 
 
+def streaming_loop(scale: str = "cpu", layout: str = "frame", seconds: float = 10.0) -> dict:
+    """The whole streaming loop of ``05_transformer/te2`` with ``layout`` at ``scale`` (random
+    weights; the production codecs' configs): EMG pushed one EMG hop at a time through the
+    :class:`~mlmlmlm.stream.Translator` (EMG encode, generation, audio decode), one torch
+    thread. Returns the real-time factor and per-frame p50/p99/max in ms, and p99 against the
+    frame period."""
+    from mlmlmlm.live.latency import streaming_rtf
+    from mlmlmlm.models.codec import Codec
+    from mlmlmlm.models.transformer import TranslationTransformer
+    from mlmlmlm.stream import Translator
+
+    cfg = load_run_config("05_transformer/te2", scale, overrides={"model.layout": layout})
+    torch.manual_seed(0)
+    codecs = [Codec(load_run_config(ref, scale).model).eval()
+              for ref in (cfg.codecs.audio, cfg.codecs.emg)]
+    tr = Translator(TranslationTransformer(cfg.model).eval(), *codecs)
+    g = torch.Generator().manual_seed(0)
+    emg = 0.3 * torch.randn(tr.emg_channels, round(seconds * tr.emg_sr), generator=g)
+    prompt = 0.1 * torch.randn(4 * tr.audio_hop, generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            r = streaming_rtf(tr, emg.numpy(), prompt.numpy())
+    finally:
+        torch.set_num_threads(threads)
+    return {"scale": scale, "layout": layout, "seconds": seconds, "frames": r["frames"],
+            "rtf": r["rtf"], "frame_ms_p50": 1e3 * r["p50"], "frame_ms_p99": 1e3 * r["p99"],
+            "frame_ms_max": 1e3 * r["max"], "frame_period_ms": 1e3 * r["frame_period_s"],
+            "p99_over_period": r["p99"] / r["frame_period_s"], "cpu_rtf": r["cpu_rtf"]}
+
+
 def bench_transformer(scales: tuple[str, ...] = ("cpu", "paper"),
                       layouts: tuple[str, ...] = ("flat", "frame"), seconds: float = 60.0,
                       context_s: float = 6.0, device: str = "cpu") -> dict:
-    """Everything ``mlmlmlm bench transformer --json`` prints (introduced in 05_transformer)."""
+    """Everything ``mlmlmlm bench transformer --json`` prints (introduced in 05_transformer):
+    generation speed per scale and layout, and the cpu scale's whole streaming loop."""
     return {"device": device, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "seconds": seconds, "context_s": context_s,
             "runs": [bench_transformer_run(s, lay, seconds, context_s, device=device)
-                     for s in scales for lay in layouts]}
+                     for s in scales for lay in layouts],
+            "streaming": [streaming_loop("cpu", lay) for lay in layouts]}

@@ -90,3 +90,14 @@ def test_production_stream_fields():
     assert out["chunk_ms"]["p50"] <= out["chunk_ms"]["p99"] <= out["chunk_ms"]["max"]
     assert out["latency"]["algorithmic_samples"] == 32  # one hop of the EMG codec
     assert out["rtf"]["p50"] > 0
+
+
+@pytest.mark.parametrize("layout", ["flat", "frame"])
+def test_streaming_loop_times_every_frame_of_the_whole_loop(layout):
+    from mlmlmlm.bench import streaming_loop
+
+    out = streaming_loop("smoke", layout, seconds=0.5)
+    assert out["layout"] == layout and out["frames"] == 43  # 0.5 s at 86.1 frames/s, floored
+    assert 0 < out["frame_ms_p50"] <= out["frame_ms_p99"] <= out["frame_ms_max"]
+    assert out["rtf"] > 0 and out["p99_over_period"] == pytest.approx(
+        out["frame_ms_p99"] / out["frame_period_ms"])

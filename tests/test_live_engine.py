@@ -441,3 +441,12 @@ def test_bench_stream_names_a_missing_run(capsys):
     assert main(["bench", "stream", "--json", "--run", "05_transformer/nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mlmlmlm bench: no trained run at") and "\n" not in err
+
+
+def test_real_time_run_reads_a_board_in_its_own_process():
+    from mlmlmlm.live.latency import underruns_real_time
+
+    r = underruns_real_time(EnvelopeTranslator(), seconds=4.0)
+    assert r["board"] == "emulator in its own process" and r["errors"] == []
+    assert r["phrases"] >= 1 and r["underrun_blocks"] == 0 and r["seconds"] >= 4.0
+    assert r["compute_ms_per_buffer"]["max"] < 46.4  # a Bela buffer's worth, no model: quick

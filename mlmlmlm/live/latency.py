@@ -249,12 +249,58 @@ def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout
             "errors": summary["errors"]}
 
 
-def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 40.0) -> dict:
-    """The translator in the engine, real time, EMG from the emulator through pybela, ``seconds``
-    long: underruns, and the engine's compute per pushed Bela buffer."""
-    r = end_to_end(translator, seconds, playout_ms=playout_ms)
-    return {k: r[k] for k in ("seconds", "underrun_blocks", "underrun_samples", "phrases",
-                              "errors")}
+def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 40.0,
+                        board_sr: float = 22050.0, block: int = 256) -> dict:
+    """The translator in the engine, real time, ``seconds`` long: underruns, phrases, overloads
+    and the engine's compute per pushed Bela buffer (ms). EMG bursts come from the emulator
+    through pybela, the emulator in **a process of its own** (``python -m mlmlmlm.live.emulator``),
+    as a board is a machine of its own: in this process its sending would take the engine's
+    interpreter time (run in-process, the engine's compute per buffer doubled)."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from mlmlmlm.live.audio_io import ClockOutput, FileInput
+    from mlmlmlm.live.engine import Engine, EngineConfig
+    from mlmlmlm.live.sources import BelaEmgSource
+
+    emg, _ = onset_emg(max(1, int(seconds / 1.1) - 1), 1.1, board_sr, seed=0)
+    sr = translator.audio_sr
+    t = np.arange(int(seconds * sr)) / sr
+    audio = np.where(t > 1.0, 0.3 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        sf.write(Path(tmp) / "board.emg.wav", emg.T, int(board_sr), subtype="FLOAT")
+        sf.write(Path(tmp) / "instrument.wav", audio, int(sr))
+        board = subprocess.Popen(
+            [sys.executable, "-m", "mlmlmlm.live.emulator", "--file", str(Path(tmp) / "board.emg.wav"),
+             "--sr", str(board_sr), "--port", str(port), "--duration", str(seconds + 30)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            line = board.stdout.readline()  # "Bela emulator: ..." once it listens
+            if "Bela emulator" not in line:
+                raise RuntimeError(f"the emulator process did not start: {line.strip()}")
+            cfg = EngineConfig(playout_ms=playout_ms, block=block, end_on_silence=False)
+            src = BelaEmgSource("127.0.0.1", port, quiet=True)
+            eng = Engine(translator, src, FileInput(Path(tmp) / "instrument.wav", sr, block),
+                         lambda ring, tap: ClockOutput(ring, block, None), cfg, log=lambda m: None)
+            eng.start()
+            eng.wait(seconds, every_s=0.05)
+            summary = eng.stop()
+        finally:
+            board.terminate()
+            board.wait(10)
+    c = np.asarray(list(eng.compute_ms), float)
+    return {"seconds": eng.clock.seconds(), "board": "emulator in its own process",
+            "compute_ms_per_buffer": _spread_ms(c / 1000.0) if c.size else None,
+            **{k: summary[k] for k in ("underrun_blocks", "underrun_samples", "phrases",
+                                       "overloads", "errors")}}
 
 
 def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: float = 40.0) -> dict:

@@ -23,6 +23,7 @@
 
 # %%
 live = False  # papermill -p live True: EMG from a Bela board, audio in and out on the sound card
+board = "bela"  # with live: bela[:HOST[:PORT]], as mlmlmlm live --emg (default 192.168.7.2)
 
 # %% tags=["parameters"]
 run = "06_live_demo/live"  # <phase>/<run>: which experiment YAML
@@ -64,7 +65,7 @@ threshold_db, playout_ms, prompt_s = 12.0, 40.0, 0.25
 excerpt = page.held_out_excerpt(S.data_root, S.cfg.eval.split, seconds, threshold_db) \
     if page.is_record(S) and not live else None
 records = page.record_section(S, excerpt, threshold_db=threshold_db, playout_ms=playout_ms,
-                              prompt_s=prompt_s, live=live, seconds=seconds)
+                              prompt_s=prompt_s, live=live, seconds=seconds, board=board)
 
 # %% [markdown]
 # ## Trigger and phrases

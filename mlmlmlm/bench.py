@@ -323,34 +323,19 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
 
 def streaming_loop(scale: str = "cpu", layout: str = "frame", seconds: float = 10.0) -> dict:
     """The whole streaming loop of ``05_transformer/te2`` with ``layout`` at ``scale`` (random
-    weights; the production codecs' configs): EMG pushed one EMG hop at a time through the
-    :class:`~mlmlmlm.stream.Translator` (EMG encode, generation, audio decode), one torch
-    thread. Returns the real-time factor and per-frame p50/p99/max in ms, and p99 against the
-    frame period."""
-    from mlmlmlm.live.latency import streaming_rtf
-    from mlmlmlm.models.codec import Codec
-    from mlmlmlm.models.transformer import TranslationTransformer
-    from mlmlmlm.stream import Translator
+    weights, the production codecs' configs: :func:`mlmlmlm.live.latency.random_translator`),
+    EMG pushed one EMG hop at a time (EMG encode, generation, audio decode), one torch thread:
+    :func:`mlmlmlm.live.latency.compute_per_frame`'s real-time factor and per-frame ms."""
+    from mlmlmlm.live.latency import compute_per_frame, random_translator
 
-    cfg = load_run_config("05_transformer/te2", scale, overrides={"model.layout": layout})
-    torch.manual_seed(0)
-    codecs = [Codec(load_run_config(ref, scale).model).eval()
-              for ref in (cfg.codecs.audio, cfg.codecs.emg)]
-    tr = Translator(TranslationTransformer(cfg.model).eval(), *codecs)
-    g = torch.Generator().manual_seed(0)
-    emg = 0.3 * torch.randn(tr.emg_channels, round(seconds * tr.emg_sr), generator=g)
-    prompt = 0.1 * torch.randn(4 * tr.audio_hop, generator=g)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            r = streaming_rtf(tr, emg.numpy(), prompt.numpy())
+            out = compute_per_frame(random_translator(scale=scale, layout=layout), seconds)
     finally:
         torch.set_num_threads(threads)
-    return {"scale": scale, "layout": layout, "seconds": seconds, "frames": r["frames"],
-            "rtf": r["rtf"], "frame_ms_p50": 1e3 * r["p50"], "frame_ms_p99": 1e3 * r["p99"],
-            "frame_ms_max": 1e3 * r["max"], "frame_period_ms": 1e3 * r["frame_period_s"],
-            "p99_over_period": r["p99"] / r["frame_period_s"], "cpu_rtf": r["cpu_rtf"]}
+    return {"scale": scale, "layout": layout, "seconds": seconds} | out
 
 
 def bench_transformer(scales: tuple[str, ...] = ("cpu", "paper"),

@@ -194,20 +194,13 @@ def corpus_emg_scale(edc, data_root=None, smoke: bool = False) -> tuple[np.ndarr
         return None, f"the corpus {root} is not readable ({err})"
 
 
-def run_emg_scale(run_dir, edc, data_root=None, smoke: bool = False
-                  ) -> tuple[np.ndarray | None, str]:
-    """The EMG scale a translation run was trained with: the one its checkpoint records (since
-    stop 14; no corpus needed), unless ``data_root`` names a corpus; else
-    :func:`corpus_emg_scale`."""
-    from mlmlmlm.checkpoint import load_checkpoint
-
-    if data_root is None:
-        path = Path(run_dir)
-        path = path / "checkpoint.pt" if path.suffix != ".pt" else path
-        saved = (load_checkpoint(path).get("task") or {}).get("emg_scale")
-        if saved is not None:
-            return np.asarray(saved, np.float32), f"the run's checkpoint {path}"
-    return corpus_emg_scale(edc, data_root, smoke=smoke)
+def run_emg_scale(pair, data_root=None, smoke: bool = False) -> tuple[np.ndarray | None, str]:
+    """The EMG scale a translation run was trained with: the one its checkpoint records
+    (``pair.emg_scale``, from :func:`~mlmlmlm.recipes.transformer.load_pair`; no corpus needed),
+    unless ``data_root`` names a corpus; else :func:`corpus_emg_scale` of the EMG codec's data."""
+    if data_root is None and pair.emg_scale is not None:
+        return np.asarray(pair.emg_scale, np.float32), "the run's checkpoint"
+    return corpus_emg_scale(pair.emg_cfg.data, data_root, smoke=smoke)
 
 
 def translator_from_run(run_dir, *, data_root=None, cls=None, **kw):
@@ -223,7 +216,7 @@ def translator_from_run(run_dir, *, data_root=None, cls=None, **kw):
     kw = generation_kwargs(cfg, pair.frame_rate) | kw
     if "emg_prep" not in kw:
         edc = pair.emg_cfg.data
-        scale, source = run_emg_scale(run_dir, edc, data_root, smoke=cfg.scale == "smoke")
+        scale, source = run_emg_scale(pair, data_root, smoke=cfg.scale == "smoke")
         if scale is None:
             raise StreamError(f"{run_dir}: raw EMG must be scaled as in training, but "
                               f"{source}; pass data_root= (the corpus the run was trained "
@@ -339,7 +332,7 @@ def translate_files(emg: Path, prompt: Path, out: Path, run: str = "05_transform
     x, sr = read_wav(emg, "EMG")
     if seconds is not None:
         x = x[:, : max(1, round(seconds * sr))]
-    emg_scale, source = run_emg_scale(ckpt, edc, data_root, smoke=cfg.scale == "smoke")
+    emg_scale, source = run_emg_scale(pair, data_root, smoke=cfg.scale == "smoke")
     if emg_scale is None and data_root is not None:  # named, so it must be there
         raise TranslateError(f"{data_root}: --data-root gives no EMG scale: {source}")
     if emg_scale is None:

@@ -197,7 +197,7 @@ def test_from_run_prepares_raw_emg_as_the_training_data(te2, smoke_corpus, tmp_p
     # no corpus named: the scale the checkpoint recorded at training time, the corpus's
     from mlmlmlm.translate import run_emg_scale
 
-    saved, source = run_emg_scale(te2, edc)
+    saved, source = run_emg_scale(pair)
     assert "checkpoint" in source and np.allclose(saved, scale, rtol=1e-6)
     assert np.allclose(Translator.from_run(te2).emg_prep.scale[:, 0], scale, rtol=1e-6)
     tr.start(np.zeros(512, np.float32))

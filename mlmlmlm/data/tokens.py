@@ -78,6 +78,8 @@ class CodecPair:
     emg_dir: Path
     audio_sha256: str
     emg_sha256: str
+    # a translation run's checkpoint: the corpus's EMG scale [C] its tokens were made with
+    emg_scale: list[float] | None = None
 
     @property
     def frame_rate(self) -> float:

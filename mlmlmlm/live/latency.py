@@ -101,10 +101,11 @@ def detect_onsets(y: np.ndarray, sr: float, threshold: float, min_gap_s: float,
 
 
 # ----------------------------------------------------------------------------- translators
-def random_translator(seed: int = 0):
-    """The default preset (production cpu codecs ``02_audio_codec/audio_codec`` and
-    ``04_emg_codec/emg_codec``, transformer ``05_transformer/te2_frame``) with random weights:
-    the compute of the real thing, none of its sound."""
+def random_translator(seed: int = 0, scale: str = "cpu", layout: str = "frame"):
+    """The default preset (production codecs ``02_audio_codec/audio_codec`` and
+    ``04_emg_codec/emg_codec``, transformer ``05_transformer/te2`` in the ``frame`` layout, i.e.
+    ``te2_frame``) at ``scale`` with random weights: the compute of the real thing, none of its
+    sound. ``layout="flat"`` gives TE2 itself."""
     import torch
 
     from mlmlmlm.config import load_run_config
@@ -113,13 +114,13 @@ def random_translator(seed: int = 0):
     from mlmlmlm.stream import Translator
 
     torch.manual_seed(seed)
+    cfg = load_run_config("05_transformer/te2", scale, overrides={"model.layout": layout})
     codecs = []
-    for run in ("02_audio_codec/audio_codec", "04_emg_codec/emg_codec"):
-        c = Codec(load_run_config(run, "cpu").model)
+    for run in (cfg.codecs.audio, cfg.codecs.emg):
+        c = Codec(load_run_config(run, scale).model)
         c(0.1 * torch.randn(4, c.cfg.in_channels, 256 * c.cfg.hop))  # k-means init: 1024 frames
         codecs.append(c.eval())
-    model = TranslationTransformer(load_run_config("05_transformer/te2_frame", "cpu").model)
-    return Translator(model.eval(), *codecs)
+    return Translator(TranslationTransformer(cfg.model).eval(), *codecs)
 
 
 def trained_translator(run: str, scale: str = "cpu"):
@@ -336,14 +337,14 @@ def streaming_rtf(translator, emg: np.ndarray, prompt: np.ndarray | None,
     with other work, and one torch thread, closer to what an idle core would take) and
     ``start_s`` (encoding and priming the prompt).
     """
+    from mlmlmlm.stream import StreamError
+
     chunk = chunk or translator.emg_hop
     translator.start(prompt)
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, emg.shape[1], chunk):
         translator.push_emg(emg[:, i:i + chunk])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    from mlmlmlm.stream import StreamError
-
     times = np.asarray(translator.frame_times)
     if not times.size:
         raise StreamError("no frame was generated: the EMG is shorter than one frame + lookahead")

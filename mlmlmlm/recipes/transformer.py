@@ -196,6 +196,7 @@ def load_pair(run_dir: str | Path, use_ema: bool = True):
                 f"checkpoint is now {now[:12]}: retrain with `mlmlmlm train {cfg.run} --scale "
                 f"{cfg.scale}`")
     check_codecs(cfg, pair)
+    pair.emg_scale = (ckpt.get("task") or {}).get("emg_scale")  # None before stop 14
     model = load_for_eval(path, build_model(cfg), use_ema=use_ema)
     return model, cfg, pair
 

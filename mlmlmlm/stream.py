@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from mlmlmlm.models.codec import Codec
+from mlmlmlm.models.frozen_codec import inference_copy
 from mlmlmlm.models.transformer import TranslationTransformer
 from mlmlmlm.models.transformer_io import StepOutput
-from mlmlmlm.translate import inference_copy
 
 DEFAULT_WINDOW_S = 6.0  # sliding window over both caches: the paper's 6-s training windows
 MIN_PROMPT_FRAMES = 1  # the shortest prompt: one audio frame (the paper's 2048 samples)
@@ -57,7 +57,7 @@ class Translator:
     ----------
     model : TranslationTransformer in eval mode; its levels and codebooks match the codecs'.
     audio_codec, emg_codec : causal rvq codecs with equal frame rates (copied, see
-        :func:`~mlmlmlm.translate.inference_copy`; the originals are not touched).
+        :func:`~mlmlmlm.models.frozen_codec.inference_copy`; the originals are not touched).
     temperature, top_k, top_p : sampling (:func:`~mlmlmlm.models.transformer.sample_logits`);
         temperature 0 is argmax. Plain attributes: they may change between pushes.
     guidance : classifier-free guidance weight w: logits uncond + w (cond - uncond), the

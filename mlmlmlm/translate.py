@@ -1,8 +1,8 @@
 """What the streaming translator (:class:`mlmlmlm.stream.Translator`) is built from, and the
-command that runs files through it: frozen codec copies for streaming (:func:`inference_copy`,
-:class:`FrozenRVQ`), EMG prepared as the training data was (:class:`EmgPrep`, the corpus's EMG
-scale), a run's generation settings and ``Translator.from_run``; ``mlmlmlm translate``, an EMG
-recording and an audio prompt in, a viola WAV out, offline but chunk by chunk.
+command that runs files through it: EMG prepared as the training data was (:class:`EmgPrep`, the
+corpus's EMG scale), a run's generation settings and ``Translator.from_run``; ``mlmlmlm
+translate``, an EMG recording and an audio prompt in, a viola WAV out, offline but chunk by
+chunk. The frozen codec copies it streams through are in :mod:`mlmlmlm.nn.frozen`.
 
 Introduced in notebook 05_transformer.
 
@@ -31,117 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from mlmlmlm.data.preprocess import StreamingEmgFilter
-from mlmlmlm.models.codec import Codec
-from mlmlmlm.nn.layers import SNAKE_EPS, Snake
-from mlmlmlm.nn.quantize import BottleneckOutput
 
 MIN_EMG_SR = 1000.0  # Hz: below this the EMG's band (about 25-480 Hz) does not fit
 CHUNK_S = 0.25  # EMG pushed per call (the translator is chunk-size invariant)
-
-
-def inference_copy(codec: Codec) -> Codec:
-    """A frozen copy of a causal rvq codec for streaming: eval mode, no gradients, weight norm
-    folded into plain weights once (instead of recomputed at every chunk), each Snake a
-    :class:`FrozenSnake`, the RVQ a :class:`FrozenRVQ` where it agrees. The caller's codec is
-    left as it was; the copy's codes are the original's, its outputs equal to float rounding."""
-    cfg = codec.cfg
-    if not cfg.causal or cfg.bottleneck != "rvq":
-        raise ValueError(f"streaming translation needs causal rvq codecs (causal={cfg.causal}, "
-                          f"bottleneck={cfg.bottleneck!r})")
-    copy = Codec(cfg).to(codec_device(codec))
-    copy.load_state_dict(codec.state_dict())
-    for m in [m for m in copy.modules() if parametrize.is_parametrized(m)]:
-        for name in list(m.parametrizations.keys()):
-            parametrize.remove_parametrizations(m, name, leave_parametrized=True)
-    copy.eval().requires_grad_(False)
-    for parent in list(copy.modules()):  # Snake -> FrozenSnake: its constants computed once
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Snake):
-                setattr(parent, name, FrozenSnake(child))
-    FrozenRVQ.replacing(copy)
-    return copy
-
-
-class FrozenSnake(nn.Module):
-    """A trained :class:`~mlmlmlm.nn.layers.Snake` for inference: ``alpha`` and ``1 / (beta +
-    eps)`` computed once instead of at every call, then the fused forward's ops in its order
-    (bitwise the same values). ``x`` [B, C, T] -> [B, C, T]."""
-
-    def __init__(self, snake: Snake):
-        super().__init__()
-        with torch.no_grad():
-            alpha = snake.alpha.exp() if snake.logscale else snake.alpha
-            beta = snake.beta  # None: DAC's Snake, beta = alpha
-            beta = alpha if beta is None else (beta.exp() if snake.logscale else beta)
-            self.register_buffer("alpha", alpha.detach().clone())  # [1, C, 1]
-            self.register_buffer("inv", (beta + SNAKE_EPS).reciprocal().detach().clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.sin(self.alpha * x).pow_(2).mul_(self.inv).add_(x)
-
-
-class FrozenRVQ(nn.Module):
-    """A trained RVQ bottleneck, frozen for streaming: nearest-code search (Euclidean, level by
-    level on the residual) and code lookup straight on its codebooks, without the library's
-    per-call checks and rearranges (about 1.4 -> 0.25 ms a frame for the cpu EMG codec).
-    :meth:`replacing` swaps it into a codec only where it gives the library's codes exactly.
-
-    ``forward``: h [B, D, T] -> BottleneckOutput(z [B, D, T], codes [B, n_q, T]);
-    ``codes_to_latents``: codes [B, n_q, T] -> z [B, D, T].
-    """
-
-    def __init__(self, bottleneck):
-        super().__init__()
-        rvq, n_q, K = bottleneck.rvq, bottleneck.n_q, bottleneck.codebook_size
-        self.project_in, self.project_out = rvq.project_in, rvq.project_out
-        idx = torch.arange(K, device=rvq.codebooks.device).repeat(n_q, 1).T[None]  # [1, K, n_q]
-        table = rvq.get_codes_from_indices(idx)[:, 0].clone()  # [n_q, K, d]: level q's vectors
-        self.register_buffer("table", table)
-        self.register_buffer("sq", (table * table).sum(-1))  # [n_q, K] squared norms
-        self.register_buffer("levels", torch.arange(n_q, device=table.device)[:, None, None])
-
-    @classmethod
-    def replacing(cls, codec: Codec) -> bool:
-        """Swap it in for ``codec.bottleneck`` if it matches the library on the codec's own
-        latents (of noise) and code lookups; True when swapped."""
-        old = codec.bottleneck
-        if any(getattr(layer._codebook, "use_cosine_sim", False) for layer in old.rvq.layers):
-            return False
-        new, cfg = cls(old), codec.cfg
-        g = torch.Generator().manual_seed(0)
-        x = 0.1 * torch.randn(2, cfg.in_channels, 64 * cfg.hop, generator=g)
-        with torch.inference_mode():
-            h = codec.encoder(x.to(new.table.device))  # [2, D, 64]
-            want, got = old(h), new(h)
-            if not (torch.equal(want.codes, got.codes) and torch.allclose(want.z, got.z, atol=1e-5)
-                    and torch.allclose(new.codes_to_latents(want.codes),
-                                       old.codes_to_latents(want.codes), atol=1e-5)):
-                return False
-        codec.bottleneck = new
-        return True
-
-    def forward(self, h: Tensor) -> BottleneckOutput:
-        r = self.project_in(h.transpose(1, 2))  # [B, T, d], the residual
-        total, codes = torch.zeros_like(r), []
-        for cb, sq in zip(self.table, self.sq):  # [K, d], [K]
-            i = (sq - 2 * r @ cb.T).argmin(-1)  # argmin ||r - c||^2 (||r||^2 is common): [B, T]
-            c = cb[i]  # [B, T, d]
-            r, total = r - c, total + c
-            codes.append(i)
-        return BottleneckOutput(z=self.project_out(total).transpose(1, 2),
-                                codes=torch.stack(codes, 1))  # [B, D, T], [B, n_q, T]
-
-    def codes_to_latents(self, codes: Tensor) -> Tensor:
-        v = self.table[self.levels, codes.transpose(0, 1)]  # [n_q, B, T, d]
-        return self.project_out(v.sum(0)).transpose(1, 2)  # [B, T, D] -> [B, D, T]
-
-
-def codec_device(codec: Codec) -> torch.device:
-    return next(codec.parameters()).device
 
 
 class EmgPrep:

@@ -97,17 +97,24 @@ def run_emg_scale(pair, data_root=None, smoke: bool = False) -> tuple[np.ndarray
     return corpus_emg_scale(pair.emg_cfg.data, data_root, smoke=smoke)
 
 
-def translator_from_run(run_dir, *, data_root=None, cls=None, **kw):
+def translator_from_run(run_dir, *, data_root=None, cls=None, window_s: float | str | None = None,
+                        **kw):
     """:meth:`mlmlmlm.stream.Translator.from_run`: the run's model and codecs
     (:func:`mlmlmlm.recipes.transformer.load_pair`), its generation settings, its EMG
     preparation (a ``StreamError`` when no corpus gives the EMG scale and no ``emg_prep`` is
-    given)."""
+    given). ``window_s``: the sliding window over the caches in seconds, ``"crop"`` for the
+    run's training crop (what every position saw in training, and a steady per-frame cost:
+    the live engine's default), None for the run's ``generate.max_cache_s``."""
     from mlmlmlm.recipes.transformer import load_pair
     from mlmlmlm.stream import StreamError, Translator
 
     cls = cls or Translator
     model, cfg, pair = load_pair(run_dir)
     kw = generation_kwargs(cfg, pair.frame_rate) | kw
+    if window_s == "crop":
+        kw["max_cache_frames"] = cfg.data.crop_frames
+    elif window_s is not None:
+        kw["max_cache_frames"] = max(1, round(float(window_s) * pair.frame_rate))
     if "emg_prep" not in kw:
         edc = pair.emg_cfg.data
         scale, source = run_emg_scale(pair, data_root, smoke=cfg.scale == "smoke")

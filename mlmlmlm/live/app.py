@@ -38,9 +38,21 @@ def add_arguments(p) -> None:
     p.add_argument("--duration", type=float, help="stop after S s (default: Ctrl-C or file end)")
     p.add_argument("--speed", type=float, default=1.0, help="file clock speed (tests)")
     p.add_argument("--block", type=int, default=256, help="audio I/O block in samples")
+    p.add_argument("--window-s", default="crop",
+                   help="the translator's sliding window over its caches, in seconds, or crop "
+                        "(default: the run's training crop, 1.5 s at the cpu scale: what the "
+                        "model saw in training, and a per-frame cost that stays flat)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the translator in the engine's process, not its own (debugging: "
+                        "the engine's threads then slow it, see mlmlmlm/live/worker.py)")
 
 
-def load_translator(run: str | None, scale: str, envelope: bool):
+def load_translator(run: str | None, scale: str, envelope: bool, in_process: bool = True,
+                    window_s: float | str | None = "crop"):
+    """The translator of ``--run`` (or the envelope stand-in): a one-line :class:`LiveError` for
+    a missing run; with ``in_process=False`` a trained run's translator is built and run in a
+    process of its own (:class:`~mlmlmlm.live.worker.TranslatorProcess`). ``window_s``: see
+    :func:`mlmlmlm.translate.translator_from_run`."""
     if envelope:
         from mlmlmlm.live.latency import EnvelopeTranslator
 
@@ -52,9 +64,18 @@ def load_translator(run: str | None, scale: str, envelope: bool):
     folder = Path(run) if Path(run).is_dir() or run.count("/") != 1 else paths.run_dir(run, scale)
     if not (folder / "checkpoint.pt").is_file():
         raise LiveError(f"no trained run at {folder} (train it: mlmlmlm run {run})")
+    if window_s not in (None, "crop"):
+        try:
+            window_s = float(window_s)
+        except ValueError:
+            raise LiveError(f"--window-s {window_s!r}: expected seconds or crop") from None
+    if not in_process:
+        from mlmlmlm.live.worker import TranslatorProcess
+
+        return TranslatorProcess(load_translator, str(folder), scale, False, True, window_s)
     from mlmlmlm.stream import Translator
 
-    return Translator.from_run(folder)
+    return Translator.from_run(folder, window_s=window_s)
 
 
 def _make_output(spec: str, block: int, log):
@@ -114,14 +135,17 @@ def run_live(args, log=None) -> int:
     from mlmlmlm.live.session import SessionRecorder
     from mlmlmlm.live.sources import open_emg_source
     from mlmlmlm.live.trigger import TriggerConfig
+    from mlmlmlm.live.worker import WorkerError
 
     log = log or (lambda m: print(f"\nmlmlmlm live: {m}", file=sys.stderr))
+    tr = None
     try:
         if args.speed != 1 and (args.emg.startswith("bela") or "device" in (args.audio_in,
                                                                              args.out)):
             raise LiveError("--speed is for files and the emulator: a board and a sound card "
                             "keep their own time")
-        tr = load_translator(args.run, args.scale, args.envelope)
+        tr = load_translator(args.run, args.scale, args.envelope, args.in_process,
+                             args.window_s)
         need = getattr(tr, "min_prompt_samples", 1)
         if args.prompt_s * tr.audio_sr < need:
             raise LiveError(f"--prompt-s {args.prompt_s:g} is under the model's shortest prompt, "
@@ -133,8 +157,9 @@ def run_live(args, log=None) -> int:
         kw = {"quiet": True} if not args.emg.startswith("file") else {}
         src = open_emg_source(args.emg, **kw)
         make_out = _make_output(args.out, args.block, log)
-    except (LiveError, AudioDeviceError, ValueError) as err:
+    except (LiveError, AudioDeviceError, ValueError, WorkerError) as err:
         print(f"mlmlmlm live: {' '.join(str(err).split())}", file=sys.stderr)
+        getattr(tr, "close", lambda: None)()
         return 2
     rec = None
     if args.record:
@@ -154,10 +179,12 @@ def run_live(args, log=None) -> int:
     except AudioDeviceError as err:
         log(str(err))
         engine.stop()
+        getattr(tr, "close", lambda: None)()
         return 2
     except KeyboardInterrupt:
         pass
     summary = engine.stop()
+    getattr(tr, "close", lambda: None)()
     print(f"\nmlmlmlm live: {summary['phrases']} phrases, {summary['underrun_blocks']} underruns, "
           f"{summary['nan_samples']} NaN samples repaired, {summary['disconnects']} disconnects"
           + (f"; session in {args.record}" if args.record else ""), file=sys.stderr)

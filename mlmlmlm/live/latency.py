@@ -256,7 +256,8 @@ def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 4
     and the engine's compute per pushed Bela buffer (ms). EMG bursts come from the emulator
     through pybela, the emulator in **a process of its own** (``python -m mlmlmlm.live.emulator``),
     as a board is a machine of its own: in this process its sending would take the engine's
-    interpreter time (run in-process, the engine's compute per buffer doubled)."""
+    interpreter time (run in-process, the engine's compute per buffer doubled). ``translator``
+    may be a :class:`~mlmlmlm.live.worker.TranslatorProcess` (as ``mlmlmlm live`` runs one)."""
     import socket
     import subprocess
     import sys
@@ -319,8 +320,13 @@ def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: floa
            "algorithmic": latency_budget(tr, 22050.0, playout_ms, 256)}
     out["end_to_end"] = end_to_end(EnvelopeTranslator(), seconds, playout_ms=playout_ms) | {
         "translator": "EnvelopeTranslator (one frame, no compute): the engine's latency"}
-    out["real_time"] = underruns_real_time(tr, seconds, playout_ms) | {"translator": out[
-        "translator"]}
+    from mlmlmlm.live.worker import TranslatorProcess
+
+    # as `mlmlmlm live` runs it: the translator in a process of its own (mlmlmlm/live/worker.py)
+    with TranslatorProcess(*((trained_translator, run) if run else (random_translator,))) as rt:
+        out["real_time"] = underruns_real_time(rt, seconds, playout_ms) | {
+            "translator": out["translator"] + ", in its own process",
+            "translator_compute_ms_per_call": 1000.0 * rt.compute_s / max(1, rt.calls)}
     return out
 
 

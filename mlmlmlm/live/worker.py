@@ -17,7 +17,8 @@ needed) on one end of a socket pair; the child builds the translator by calling
 arrays pickled (a Bela buffer's EMG and its audio: a few kilobytes). An exception in the child
 comes back and is raised in the caller as itself (a ``StreamError`` stays a ``StreamError``).
 The child's own compute per call is kept in :attr:`TranslatorProcess.compute_s` so a caller can
-tell the step's cost from the pipe's.
+tell the step's cost from the pipe's. Between calls the child spins (:data:`SPIN_S`): it keeps
+one core busy while a session runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ import numpy as np
 ATTRIBUTES = ("audio_sr", "emg_sr", "audio_hop", "emg_hop", "emg_channels", "frame_rate",
               "lookahead", "latency_ms", "min_prompt_samples")
 METHODS = ("reset", "start", "push_emg", "flush")
+# After each call the child polls for the next one this long before it blocks: a core left idle
+# between Bela buffers comes back slow (te2_frame, 128-sample pushes back to back: 23 ms each;
+# with 15 ms of sleep between them 34 ms; with 15 ms of spinning 26 ms), so a live translator
+# keeps its core, as audio engines do; 0 blocks at once.
+SPIN_S = 0.2
 
 
 class WorkerError(RuntimeError):
@@ -49,7 +55,7 @@ def _serve(conn: Connection) -> None:
     import torch
 
     try:
-        factory, args, kwargs, threads = conn.recv()
+        factory, args, kwargs, threads, spin_s = conn.recv()
         torch.set_num_threads(threads)
         tr = factory(*args, **kwargs)
     except BaseException as err:  # noqa: BLE001 (reported to the parent, which raises it)
@@ -57,6 +63,9 @@ def _serve(conn: Connection) -> None:
         return
     conn.send(("ready", {a: getattr(tr, a) for a in ATTRIBUTES if hasattr(tr, a)}))
     while True:
+        t_end = time.perf_counter() + spin_s
+        while time.perf_counter() < t_end and not conn.poll(0):
+            pass  # keep the core busy until the next call: idle, it comes back cold
         try:
             name, call_args = conn.recv()
         except EOFError:  # the parent went away
@@ -80,19 +89,19 @@ def _serve(conn: Connection) -> None:
 class TranslatorProcess:
     """A translator built and run in a child process; the same calls as the translator itself.
 
-    ``TranslatorProcess(factory, *args, threads=1, **kwargs)``: the child runs
+    ``TranslatorProcess(factory, *args, threads=1, spin_s=SPIN_S, **kwargs)``: the child runs
     ``factory(*args, **kwargs)`` (e.g. :func:`mlmlmlm.live.app.load_translator`) with ``threads``
-    torch threads. Attributes of :data:`ATTRIBUTES` are read once; ``push_emg([C, n]) -> [m]``
+    torch threads and spins ``spin_s`` after each call. Attributes of :data:`ATTRIBUTES` are read once; ``push_emg([C, n]) -> [m]``
     and the other methods of :data:`METHODS` are remote calls. Close it (or use ``with``).
     """
 
-    def __init__(self, factory: Callable, *args, threads: int = 1, start_timeout_s: float = 300.0,
-                 **kwargs):
+    def __init__(self, factory: Callable, *args, threads: int = 1, spin_s: float = SPIN_S,
+                 start_timeout_s: float = 300.0, **kwargs):
         self._conn, child = mp.Pipe()  # a socket pair; the child gets the other end's descriptor
         self._proc = subprocess.Popen([sys.executable, "-m", "mlmlmlm.live.worker",
                                        str(child.fileno())], pass_fds=[child.fileno()])
         child.close()
-        self._conn.send((factory, args, kwargs, threads))
+        self._conn.send((factory, args, kwargs, threads, spin_s))
         self.compute_s = 0.0  # the child's own time inside calls, summed
         self.calls = 0
         if not self._conn.poll(start_timeout_s):

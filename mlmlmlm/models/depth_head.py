@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlmlmlm.nn.attention import Block, KVBuffer, may_attend
+from mlmlmlm.nn.attention import Block, may_attend
 
 if TYPE_CHECKING:
     from mlmlmlm.models.transformer import TransformerConfig
@@ -56,15 +56,19 @@ class DepthHead(nn.Module):
         """Generation: the levels of one frame from its context ``h`` [N, d], one level at a time
         through per-block K/V buffers, so level q costs one position (``forward`` would rerun
         levels 0..q-1). ``pick(logits [N, K], q) -> codes [N]`` chooses each level's code.
-        Returns the codes [N, n_q]; equals ``forward`` on them, level by level."""
-        buffers = [KVBuffer() for _ in self.blocks]
-        ctx = self.inp(h)[:, None, :]  # [N, 1, dd]
+        Returns the codes [N, n_q]; equals ``forward`` on them in eval mode, level by level (no
+        dropout here, whatever the mode: this is generation)."""
+        ctx = self.inp(h)  # [N, dd]
+        N, dd = ctx.shape
+        H = self.blocks[0].self_attn.n_heads
+        kv = [(ctx.new_empty(N, H, self.n_q, dd // H), ctx.new_empty(N, H, self.n_q, dd // H))
+              for _ in self.blocks]  # per block: K and V slots of the n_q levels
         codes: list[Tensor] = []
         for q in range(self.n_q):
             x = ctx + self.level_emb.weight[q]
             if q:  # code q-1 feeds level q
-                x = x + self.code_emb(codes[-1] + (q - 1) * self.K)[:, None, :]
-            for block, buf in zip(self.blocks, buffers):
-                x = block(x, None, None, buf)  # one new position: it sees levels <= q
-            codes.append(pick(self.norm(x[:, 0]) @ self.head[q].T, q))  # logits [N, K]
+                x = x + self.code_emb.weight[codes[-1] + (q - 1) * self.K]
+            for block, (keys, values) in zip(self.blocks, kv):
+                x = block.step_one(x, keys, values, q)  # one new position: it sees levels <= q
+            codes.append(pick(self.norm(x) @ self.head[q].T, q))  # logits [N, K]
         return torch.stack(codes, 1)

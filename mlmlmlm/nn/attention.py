@@ -266,6 +266,26 @@ class Block(nn.Module):
         """This layer's cross keys/values of EMG embeddings [B, n, d] -> 2 x [B, H, n, hd]."""
         return self.cross.project_kv(self.norm_emg(emg), rope)
 
+    def step_one(self, x: Tensor, keys: Tensor, values: Tensor, i: int) -> Tensor:
+        """Generation fast path of a block without cross-attention or rotation (the depth
+        head's): one new position ``x`` [N, d] writes its key/value to slot ``i`` of ``keys``,
+        ``values`` [N, H, S, hd] and attends to slots 0..i. Equals ``forward`` with a
+        :class:`KVBuffer` holding those slots, in eval mode (tested through
+        ``DepthHead.sample``); the same operations without the module calls, ~20 % less time
+        for a level of the cpu depth head."""
+        N, d = x.shape
+        H = self.self_attn.n_heads
+        a = F.rms_norm(x, (d,), self.norm_self.weight, self.norm_self.eps)
+        qkv = F.linear(a, self.self_attn.qkv.weight).view(N, 3, H, d // H)
+        keys[:, :, i], values[:, :, i] = qkv[:, 1], qkv[:, 2]
+        y = F.scaled_dot_product_attention(qkv[:, 0, :, None], keys[:, :, :i + 1],
+                                           values[:, :, :i + 1])  # [N, H, 1, hd]
+        x = x + F.linear(y.reshape(N, d), self.self_attn.out.weight)
+        a = F.rms_norm(x, (d,), self.norm_ffn.weight, self.norm_ffn.eps)
+        ffn = self.ffn
+        return x + F.linear(F.silu(F.linear(a, ffn.w1.weight)) * F.linear(a, ffn.w3.weight),
+                            ffn.w2.weight)
+
     def forward(self, x: Tensor, rope: Rope | None, mask: Tensor | None = None,
                 buffer: KVBuffer | None = None, cross_rope: Rope | None = None,
                 emg_kv: tuple[Tensor, Tensor] | None = None,

@@ -247,13 +247,14 @@ def production_stream(run: str, scale: str = "cpu", chunk_frames: int = 1,
     return {"run": run, "scale": scale} | {k: v for k, v in out.items() if k != "config"}
 
 
-def bench_stream(run: str | None = None, seconds: float = 62.0) -> dict:
+def bench_stream(run: str | None = None, seconds: float = 62.0, real_time_s: float | None = None,
+                 playout_ms: float = 40.0) -> dict:
     """Everything ``mlmlmlm bench stream --json`` prints: the live engine's per-frame compute,
     latency budget, end-to-end latency through the Bela emulator and pybela, and underruns
     (:func:`mlmlmlm.live.latency.bench_stream`; introduced in 06_live_demo)."""
     from mlmlmlm.live.latency import bench_stream as bench_live
 
-    return bench_live(run, seconds=seconds)
+    return bench_live(run, seconds=seconds, real_time_s=real_time_s, playout_ms=playout_ms)
 
 
 def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: float = 60.0,

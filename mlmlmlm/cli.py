@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--run", help="stream: a trained translation run (default: random weights)")
     be.add_argument("--seconds", type=float, default=62.0,
                     help="stream: length of each real-time run (62 s: 55 onsets, >= 60 s)")
+    be.add_argument("--real-time-s", type=float,
+                    help="stream: length of the underrun run alone (default --seconds; the "
+                         "issue's figure is 600)")
+    be.add_argument("--playout-ms", type=float, default=40.0, help="stream: playout delay")
 
     tr = sub.add_parser("translate", help="EMG file + audio prompt -> viola WAV (streaming path)")
     tr.add_argument("--emg", type=Path, required=True, help="6-channel EMG WAV, any rate >= 1 kHz")
@@ -194,7 +198,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 out = bench.bench_transformer()
             else:
                 out = bench.bench_codec() if args.what == "codec" else bench.bench_stream(
-                    args.run, seconds=args.seconds)
+                    args.run, seconds=args.seconds, real_time_s=args.real_time_s,
+                    playout_ms=args.playout_ms)
         except LiveError as err:
             print(f"mlmlmlm bench: {err}", file=sys.stderr)
             return 2

@@ -305,8 +305,10 @@ def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 4
                                        "overloads", "errors")}}
 
 
-def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: float = 40.0) -> dict:
-    """Everything ``mlmlmlm bench stream --json`` prints (see the module doc)."""
+def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: float = 40.0,
+                 real_time_s: float | None = None) -> dict:
+    """Everything ``mlmlmlm bench stream --json`` prints (see the module doc); the underrun run
+    lasts ``real_time_s`` (default ``seconds``)."""
     import os
 
     import torch
@@ -324,7 +326,7 @@ def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: floa
 
     # as `mlmlmlm live` runs it: the translator in a process of its own (mlmlmlm/live/worker.py)
     with TranslatorProcess(*((trained_translator, run) if run else (random_translator,))) as rt:
-        out["real_time"] = underruns_real_time(rt, seconds, playout_ms) | {
+        out["real_time"] = underruns_real_time(rt, real_time_s or seconds, playout_ms) | {
             "translator": out["translator"] + ", in its own process",
             "translator_compute_ms_per_call": 1000.0 * rt.compute_s / max(1, rt.calls)}
     return out

@@ -48,8 +48,17 @@ class WorkerError(RuntimeError):
     """The translator process died or could not be started (one line)."""
 
 
+def _send_error(conn: Connection, err: BaseException) -> None:
+    """The exception itself, or, if it does not pickle, a RuntimeError with its line."""
+    try:
+        conn.send(("error", err))
+    except Exception:  # noqa: BLE001
+        conn.send(("error", RuntimeError(f"{type(err).__name__}: {' '.join(str(err).split())}")))
+
+
 def _serve(conn: Connection) -> None:
     """The child: build the translator, report its attributes, answer calls until ``close``."""
+    import gc
     import time
 
     import torch
@@ -59,8 +68,10 @@ def _serve(conn: Connection) -> None:
         torch.set_num_threads(threads)
         tr = factory(*args, **kwargs)
     except BaseException as err:  # noqa: BLE001 (reported to the parent, which raises it)
-        conn.send(("error", err))
+        _send_error(conn, err)
         return
+    gc.collect()
+    gc.freeze()  # the model's objects out of the collector's sight: no long pause mid-phrase
     conn.send(("ready", {a: getattr(tr, a) for a in ATTRIBUTES if hasattr(tr, a)}))
     while True:
         t_end = time.perf_counter() + spin_s
@@ -81,7 +92,7 @@ def _serve(conn: Connection) -> None:
             else:
                 out = getattr(tr, name)(*call_args)
         except Exception as err:  # noqa: BLE001
-            conn.send(("error", err))
+            _send_error(conn, err)
             continue
         conn.send(("ok", out, time.perf_counter() - t0))
 

@@ -97,10 +97,27 @@ def run_emg_scale(pair, data_root=None, smoke: bool = False) -> tuple[np.ndarray
     return corpus_emg_scale(pair.emg_cfg.data, data_root, smoke=smoke)
 
 
+def current_generate(cfg):
+    """A run's config with the ``generate`` section of its experiment file as it is now (the
+    checkpoint's record when the file is gone): sampling settings are not weights, so a changed
+    ``top_p`` needs no retraining (and the run card's config hash, which holds the section,
+    makes the runbook evaluate the run again)."""
+    from dataclasses import replace
+
+    from mlmlmlm.config import ConfigError, load_run_config
+
+    try:
+        now = load_run_config(cfg.run, cfg.scale)
+    except (ConfigError, FileNotFoundError, ValueError):
+        return cfg
+    return replace(cfg, sections={**cfg.sections, "generate": now.generate})
+
+
 def translator_from_run(run_dir, *, data_root=None, cls=None, window_s: float | str | None = None,
                         **kw):
     """:meth:`mlmlmlm.stream.Translator.from_run`: the run's model and codecs
-    (:func:`mlmlmlm.recipes.transformer.load_pair`), its generation settings, its EMG
+    (:func:`mlmlmlm.recipes.transformer.load_pair`), its generation settings (its experiment
+    file's, :func:`current_generate`), its EMG
     preparation (a ``StreamError`` when no corpus gives the EMG scale and no ``emg_prep`` is
     given). ``window_s``: the sliding window over the caches in seconds, ``"crop"`` for the
     run's training crop (what every position saw in training, and a steady per-frame cost:
@@ -110,7 +127,7 @@ def translator_from_run(run_dir, *, data_root=None, cls=None, window_s: float | 
 
     cls = cls or Translator
     model, cfg, pair = load_pair(run_dir)
-    kw = generation_kwargs(cfg, pair.frame_rate) | kw
+    kw = generation_kwargs(current_generate(cfg), pair.frame_rate) | kw
     if window_s == "crop":
         kw["max_cache_frames"] = cfg.data.crop_frames
     elif window_s is not None:

@@ -223,3 +223,18 @@ def test_emg_at_any_rate_is_prepared_for_the_codec(tmp_path):
                                                      6, 2756.25), atol=1e-6)
     with pytest.raises(TranslateError, match="999 Hz is below"):
         prepare_emg(x, 999.0, edc, None, tmp_path / "x.wav", 6, 2756.25)
+
+
+def test_generation_settings_come_from_the_experiment_file_as_it_is_now():
+    from dataclasses import replace
+
+    from mlmlmlm.config import load_run_config
+    from mlmlmlm.translate import current_generate
+
+    cfg = load_run_config("05_transformer/te2", "smoke")
+    old = replace(cfg, sections={**cfg.sections, "generate": replace(cfg.generate, top_p=None)})
+    assert old.generate.top_p is None and cfg.generate.top_p == 0.9
+    assert current_generate(old).generate == cfg.generate  # what the file says now
+    assert current_generate(old).model == old.model  # nothing else changes
+    gone = replace(old, run="05_transformer/no_such_run")
+    assert current_generate(gone) is gone  # the checkpoint's record

@@ -289,13 +289,17 @@ def _generate_all(s: Setup, gen: Generated, tr, pair, prompt_frames: int, n_wind
     gen.compute_s = time.perf_counter() - t0
 
 
-def listen_section(s: Setup, gen: Generated, guidance: float = 1.0) -> None:
-    """Spectrograms (reference, generated from true EMG, from shuffled EMG) and players."""
+def listen_section(s: Setup, gen: Generated, guidance: float = 1.0, max_windows: int = 8) -> None:
+    """Spectrograms (reference, generated from true EMG, from shuffled EMG) and players, for at
+    most ``max_windows`` of each split's windows, evenly spaced (the measures use them all)."""
     import matplotlib.pyplot as plt
 
-    for split, ws in gen.windows.items():
+    for split, every in gen.windows.items():
+        step = max(1, -(-len(every) // max_windows))
+        shown = list(range(0, len(every), step))
+        ws = [every[i] for i in shown]
         cols = []
-        for i, w in enumerate(ws):
+        for i, w in zip(shown, ws):
             # the window's name once per row, on two lines: three long titles overlapped
             cols += [(f"{w.label}\nreference", w.audio),
                      ("\ngenerated, true EMG", gen.audio[(split, guidance, "true")][i]),
@@ -304,7 +308,7 @@ def listen_section(s: Setup, gen: Generated, guidance: float = 1.0) -> None:
         plt.show()
         rows = [(w.label, {"reference": w.audio, "codec resynthesis": gen.ceiling[split][i],
                            **{f"{c} EMG": gen.audio[(split, guidance, c)][i] for c in CONDITIONS}})
-                for i, w in enumerate(ws)]
+                for i, w in zip(shown, ws)]
         _show(report.audio_table(rows, gen.sr))
 
 

@@ -77,7 +77,7 @@ evaluated = page.metrics_section(S, trained)
 # guidance weight 1 and at a higher weight. The sizes below keep a cpu-scale page to a few minutes.
 
 # %%
-n_windows, seconds, prompt_s = (2, 0.3, 0.1) if S.smoke else (8, 3.0, 1.0)
+n_windows, seconds, prompt_s = (2, 0.3, 0.1) if S.smoke else (16, 3.0, 1.0)
 guidances = (1.0, 3.0)
 gen = page.generate_section(S, evaluated, n_windows, seconds, prompt_s, guidances)
 

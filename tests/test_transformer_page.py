@@ -105,3 +105,21 @@ def test_a_retrained_codec_makes_the_translation_runs_stale(tmp_path):
     assert upstream_checkpoints(live, tmp_path / "runs/smoke/06_live_demo/live.data-1234") == [
         tmp_path / "runs/smoke/05_transformer/te2_frame.data-1234/checkpoint.pt",
         tmp_path / "runs/smoke/06_live_demo/te2_frame_ll.data-1234/checkpoint.pt"]
+
+
+def test_the_page_shows_at_most_max_windows_evenly_spaced(monkeypatch):
+    from mlmlmlm import report
+
+    sr, n = 1000.0, 5
+    ws = [page.Window(f"w{i}", np.full(100, i, np.float32), np.zeros((6, 10), np.float32))
+          for i in range(n)]
+    audio = {("test", 1.0, c): [w.audio for w in ws] for c in page.CONDITIONS}
+    gen = page.Generated(sr, 10, {"test": ws}, audio, {"test": [w.audio for w in ws]})
+    grids, tables = [], []
+    monkeypatch.setattr(report, "spectrogram_grid", lambda cols, *a, **k: grids.append(cols))
+    monkeypatch.setattr(report, "audio_table", lambda rows, sr: tables.append(rows))
+    monkeypatch.setattr(page, "_show", lambda obj: None)
+    page.listen_section(None, gen, max_windows=2)
+    assert [c[0].split("\n")[0] for c in grids[0][::3]] == ["w0", "w3"]  # evenly spaced
+    assert [r[0] for r in tables[0]] == ["w0", "w3"]
+    assert tables[0][1][1]["reference"][0] == 3  # each row its own window's audio

@@ -93,6 +93,8 @@ KINDS: dict[str, dict[str, str]] = {
                     "data": "mlmlmlm.data.tokens:TokenDataConfig",
                     "codecs": "mlmlmlm.data.tokens:CodecsConfig",
                     "generate": "mlmlmlm.recipes.transformer:GenerateConfig"},
+    # the live record: trains nothing, plays the presets' translation runs (no recipe)
+    "live": {**_COMMON, "presets": "mlmlmlm.live.presets:PresetsConfig"},
 }
 DEFAULT_KIND = "codec"  # configs saved before `kind:` existed are codec runs
 

@@ -34,7 +34,6 @@ import numpy as np
 from mlmlmlm import report
 from mlmlmlm.notebook import Setup
 
-PRESETS = {"default": "05_transformer/te2_frame", "low latency": "06_live_demo/te2_frame_ll"}
 PREFIX = {"default": "default", "low latency": "ll"}  # run-card key prefixes
 BOARD_SR = 22050.0  # Bela's analog rate for the six EMG channels (the corpus's EMG rate)
 
@@ -52,8 +51,13 @@ def _md(text: str) -> None:
 
 
 def is_record(s: Setup) -> bool:
-    """The record run trains nothing (``kind: dataset``); the others are the preset's runs."""
-    return s.cfg.kind == "dataset"
+    """The record run trains nothing (``kind: live``); the others are the preset's runs."""
+    return s.cfg.kind == "live"
+
+
+def presets(s: Setup) -> dict[str, str]:
+    """``{preset: <phase>/<run>}`` of the record's ``presets:`` section."""
+    return s.cfg.presets.runs()
 
 
 # ----------------------------------------------------------------------------- preset runs
@@ -88,7 +92,7 @@ def preset_dirs(s: Setup) -> dict[str, Path]:
     """``{preset: run folder}`` of each preset's translation run beside this run's folder."""
     tag = s.run_dir.name[len(s.cfg.name):]
     out = {}
-    for preset, run in PRESETS.items():
+    for preset, run in presets(s).items():
         phase, name = run.split("/")
         out[preset] = s.run_dir.parent.parent / phase / (name + tag)
     return out
@@ -181,7 +185,7 @@ def load_preset(s: Setup, preset: str):
     d = preset_dirs(s)[preset]
     if not (d / "checkpoint.pt").is_file():
         _md(f"*{preset}*: no trained run at `{d.name}` yet (train it: `mlmlmlm run "
-            f"{PRESETS[preset]}`).")
+            f"{presets(s)[preset]}`).")
         return None
     return Translator.from_run(d, data_root=s.data_root)
 
@@ -211,7 +215,7 @@ def play(s: Setup, preset: str, tr, excerpt, *, threshold_db: float, playout_ms:
     cfg = EngineConfig(trigger=TriggerConfig(threshold_db=threshold_db), prompt_s=prompt_s,
                        playout_ms=playout_ms, block=block)
     lines: list[str] = []
-    rec = SessionRecorder(folder, sr, {"preset": preset, "run": PRESETS[preset], "live": live,
+    rec = SessionRecorder(folder, sr, {"preset": preset, "run": presets(s)[preset], "live": live,
                                        "excerpt": label, "playout_ms": playout_ms,
                                        "threshold_db": threshold_db, "prompt_s": prompt_s})
     if live:
@@ -247,7 +251,7 @@ def play(s: Setup, preset: str, tr, excerpt, *, threshold_db: float, playout_ms:
         (folder / "audio_in.wav").exists() else np.zeros(0, np.float32)
     out = sf.read(folder / "output.wav", dtype="float32")[0] if \
         (folder / "output.wav").exists() else np.zeros(0, np.float32)
-    return Record(preset, PRESETS[preset], label, folder, sr, a_in, out,
+    return Record(preset, presets(s)[preset], label, folder, sr, a_in, out,
                   read_events(folder / "events.jsonl"), summary,
                   1000.0 * tr.audio_hop / sr, list(eng.compute_ms), tr, lines, start_s)
 
@@ -260,7 +264,7 @@ def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms: float,
         _md("The live record is the run `live` of this chapter.")
         return {}
     out = {}
-    for preset in PRESETS:
+    for preset in presets(s):
         tr = load_preset(s, preset)
         if tr is None:
             continue

@@ -68,24 +68,17 @@ def device_name() -> str:
 
 
 def upstream_checkpoints(cfg: RunConfig, run_dir: Path) -> list[Path]:
-    """The checkpoints a run is built on: a translation run's frozen codecs (``codecs:``), the
-    live record's translation runs (one per preset), the runs of the same scale and data beside
-    its own folder. Their bytes enter its config hash, so a retrained codec or translator makes
-    the run stale."""
+    """The checkpoints a run is built on: every run its sections declare (``upstream_runs()``:
+    a translation run's frozen ``codecs:``, the live record's ``presets:``), resolved beside its
+    own folder at the same scale and data (a path stays a path). Their bytes enter its config
+    hash, so a retrained codec or translator makes the run stale."""
     tag = run_dir.name[len(cfg.name):]
-    codecs = cfg.sections.get("codecs")
-    if codecs is None and cfg.phase == "06_live_demo" and cfg.kind == "dataset":
-        from mlmlmlm.live_page import PRESETS  # the live record plays the presets' translators
-
-        return [run_dir.parent.parent / run.split("/")[0] / (run.split("/")[1] + tag)
-                / "checkpoint.pt" for run in PRESETS.values()]
-    if codecs is None:
-        return []
     out = []
-    for ref in (codecs.audio, codecs.emg):
-        phase, _, name = ref.partition("/")
-        d = Path(ref) if ref.count("/") != 1 else run_dir.parent.parent / phase / (name + tag)
-        out.append(d / "checkpoint.pt")
+    for section in cfg.sections.values():
+        for ref in getattr(section, "upstream_runs", list)():
+            phase, _, name = ref.partition("/")
+            d = Path(ref) if ref.count("/") != 1 else run_dir.parent.parent / phase / (name + tag)
+            out.append(d / "checkpoint.pt")
     return out
 
 

@@ -3,8 +3,12 @@
 import pytest
 import torch
 
-from mlmlmlm.models.frozen_codec import (MAX_PRODUCT_SIZE, FrozenConv1d, FrozenConvTranspose1d,
-                                         frozen_layer)
+from mlmlmlm.models.frozen_codec import (
+    MAX_PRODUCT_SIZE,
+    FrozenConv1d,
+    FrozenConvTranspose1d,
+    frozen_layer,
+)
 from mlmlmlm.nn.cached import CausalConv1d, CausalConvTranspose1d, set_streaming
 
 

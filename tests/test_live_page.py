@@ -22,7 +22,7 @@ def test_phase_mixes_kinds_in_run_order():
     assert runs == [f"{PHASE}/audio_codec_ll", f"{PHASE}/emg_codec_ll", f"{PHASE}/te2_frame_ll",
                     f"{PHASE}/live"]
     kinds = [load_run_config(r, "smoke").kind for r in runs]
-    assert kinds == ["codec", "codec", "transformer", "dataset"]
+    assert kinds == ["codec", "codec", "transformer", "live"]
     for scale in ("cpu", "paper"):
         for r in runs:
             load_run_config(r, scale)  # every scale resolves (no section of another kind)
@@ -173,7 +173,7 @@ def test_a_record_through_the_engine_emulator_and_pybela(tmp_path, one_torch_thr
     emg = np.zeros((6, n), np.float32)
     emg[:, int(0.6 * sr):int(1.5 * sr)] = 0.3 * rng.standard_normal((6, int(0.9 * sr)))
     tr = EnvelopeTranslator(sr, 2756.25, 128, 16)
-    s = SimpleNamespace(run_dir=tmp_path)
+    s = SimpleNamespace(run_dir=tmp_path, cfg=load_run_config(f"{PHASE}/live", "smoke"))
     r = page.play(s, "low latency", tr, ("synthetic @ 0.0 s", audio, emg), threshold_db=9.0,
                   playout_ms=150.0, prompt_s=0.1, lead_s=0.5)  # slack for a loaded machine
     assert r.summary["errors"] == [] and r.summary["phrases"] >= 1
@@ -225,7 +225,7 @@ def test_live_mode_reads_the_board_and_stops_cleanly_without_a_sound_card(tmp_pa
     sf.write(tone, (0.3 * (t >= 0.5) * np.sin(2 * np.pi * 220 * t)).astype(np.float32), int(sr))
     monkeypatch.setattr(io, "DeviceInput", lambda sr_, block: io.FileInput(tone, sr_, block))
     monkeypatch.setattr(io, "DeviceOutput", lambda ring, block, tap: io.ClockOutput(ring, block, tap))
-    s = SimpleNamespace(run_dir=tmp_path)
+    s = SimpleNamespace(run_dir=tmp_path, cfg=load_run_config(f"{PHASE}/live", "smoke"))
     nothing = ("no excerpt", np.zeros(0, np.float32), np.zeros((6, 0), np.float32))
     with BelaEmulator(synthetic_emg(20.0), loop=True) as board:
         r = page.play(s, "default", EnvelopeTranslator(), nothing, threshold_db=12.0,

@@ -265,8 +265,8 @@ def test_streaming_rtf_reports_every_frame(codecs):
 def test_frozen_codec_copies_give_the_library_codes(codecs):
     from torch.nn.utils import parametrize
 
-    from mlmlmlm.nn.layers import Snake
     from mlmlmlm.models.frozen_codec import FrozenRVQ, FrozenSnake
+    from mlmlmlm.nn.layers import Snake
 
     t = Translator(tiny_model(), *codecs)
     x = {1: 0.3 * torch.randn(1, 1, 40 * HOP), 6: 0.3 * torch.randn(1, 6, 40 * HOP)}

@@ -44,6 +44,10 @@ class CodecsConfig:
     audio: str = "02_audio_codec/audio_codec"
     emg: str = "04_emg_codec/emg_codec"
 
+    def upstream_runs(self) -> list[str]:
+        """The runs whose checkpoints a translation run is built on."""
+        return [self.audio, self.emg]
+
 
 @dataclass
 class TokenDataConfig:

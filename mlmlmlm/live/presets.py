@@ -1,0 +1,27 @@
+"""The live record's presets: which trained translation run plays each. A section of the
+``kind: live`` config (``experiments/06_live_demo/live.yaml``), so the runs the record is built
+on are declared where it is configured, and their checkpoints enter its config hash like a
+translation run's codecs (:func:`mlmlmlm.runbook.upstream_checkpoints`). Introduced in
+06_live_demo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PresetsConfig:
+    """``<phase>/<run>`` of each preset's translation run (resolved beside the record's folder,
+    at its scale and data)."""
+
+    default: str = "05_transformer/te2_frame"  # the production codecs, frame layout
+    low_latency: str = "06_live_demo/te2_frame_ll"  # hop 128 / 16
+
+    def runs(self) -> dict[str, str]:
+        """``{preset label: run}`` in play order (the labels of chapter 6)."""
+        return {"default": self.default, "low latency": self.low_latency}
+
+    def upstream_runs(self) -> list[str]:
+        """The runs whose checkpoints the record is built on."""
+        return list(self.runs().values())

@@ -2,7 +2,7 @@
 command that runs files through it: EMG prepared as the training data was (:class:`EmgPrep`, the
 corpus's EMG scale), a run's generation settings and ``Translator.from_run``; ``mlmlmlm
 translate``, an EMG recording and an audio prompt in, a viola WAV out, offline but chunk by
-chunk. The frozen codec copies it streams through are in :mod:`mlmlmlm.nn.frozen`.
+chunk. The frozen codec copies it streams through are in :mod:`mlmlmlm.models.frozen_codec`.
 
 Introduced in notebook 05_transformer.
 
@@ -59,9 +59,10 @@ class EmgPrep:
 
 
 def generation_kwargs(cfg, frame_rate: float) -> dict:
-    """A translation run's ``generate`` section as :class:`Translator` keywords (its sliding
-    window ``max_cache_s`` in frames; null keeps the translator's 6-s default)."""
-    g = cfg.generate
+    """A translation run's ``generate`` section as it is now in its experiment file
+    (:func:`current_generate`) as :class:`Translator` keywords (its sliding window
+    ``max_cache_s`` in frames; null keeps the translator's 6-s default)."""
+    g = current_generate(cfg).generate
     window = None if not g.max_cache_s else max(1, round(g.max_cache_s * frame_rate))
     return {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p,
             "guidance": g.guidance, "seed": g.seed, "max_cache_frames": window}
@@ -116,10 +117,9 @@ def current_generate(cfg):
 def translator_from_run(run_dir, *, data_root=None, cls=None, window_s: float | str | None = None,
                         **kw):
     """:meth:`mlmlmlm.stream.Translator.from_run`: the run's model and codecs
-    (:func:`mlmlmlm.recipes.transformer.load_pair`), its generation settings (its experiment
-    file's, :func:`current_generate`), its EMG
-    preparation (a ``StreamError`` when no corpus gives the EMG scale and no ``emg_prep`` is
-    given). ``window_s``: the sliding window over the caches in seconds, ``"crop"`` for the
+    (:func:`mlmlmlm.recipes.transformer.load_pair`), its generation settings
+    (:func:`generation_kwargs`: its experiment file's), its EMG preparation (a ``StreamError``
+    when no corpus gives the EMG scale and no ``emg_prep`` is given). ``window_s``: the sliding window over the caches in seconds, ``"crop"`` for the
     run's training crop (what every position saw in training, and a steady per-frame cost:
     the live engine's default), None for the run's ``generate.max_cache_s``."""
     from mlmlmlm.recipes.transformer import load_pair
@@ -127,7 +127,7 @@ def translator_from_run(run_dir, *, data_root=None, cls=None, window_s: float | 
 
     cls = cls or Translator
     model, cfg, pair = load_pair(run_dir)
-    kw = generation_kwargs(current_generate(cfg), pair.frame_rate) | kw
+    kw = generation_kwargs(cfg, pair.frame_rate) | kw
     if window_s == "crop":
         kw["max_cache_frames"] = cfg.data.crop_frames
     elif window_s is not None:

@@ -24,6 +24,12 @@ The measures, each of a generated signal ``gen`` against its reference ``ref`` (
 * **onset F-measure**: ``librosa.onset.onset_detect`` on each signal, scored by
   ``mir_eval.onset.f_measure`` within :data:`ONSET_WINDOW_S` (50 ms); NaN for a window whose
   reference has no onset; the mean over windows.
+* **clicks per minute**: not an agreement but a fault a listener hears at once. The signal above
+  :data:`CLICK_BAND_HZ` (a 4th-order Butterworth high-pass) is cut into 64-sample frames; a click
+  is a run of frames whose band energy rises more than :data:`CLICK_RISE_DB` above its running
+  median over :data:`CLICK_MEDIAN_FRAMES` frames. The cpu TE2's tail draws decoded as such
+  broadband lines (7 in 8 held-out 4-s windows when sampling from the whole distribution, none
+  in the references: chapter 5).
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ from mlmlmlm import melody
 FLOOR_DB = -80.0
 MIN_VIBRATO_CENTS = 5.0  # a reference window with less modulation has no vibrato to agree with
 ONSET_WINDOW_S = 0.05
+CLICK_BAND_HZ = 6000.0
+CLICK_FRAME = 64  # samples: 2.9 ms at 22.05 kHz
+CLICK_RISE_DB = 12.0
+CLICK_MEDIAN_FRAMES = 31
 _NFFT = 1024  # zero padding of the contour spectrum: 0.08 Hz bins at 86 contour frames/s
 
 
@@ -121,6 +131,26 @@ def onset_f_measure(gen: np.ndarray, ref: np.ndarray, sr: float) -> float:
     return float(f)
 
 
+def clicks(x: np.ndarray, sr: float) -> float:
+    """How many clicks ``x`` [T] holds (module docstring); NaN when ``sr`` / 2 does not reach
+    1.2 x :data:`CLICK_BAND_HZ` (nothing to measure above the band edge)."""
+    import scipy.ndimage
+    import scipy.signal
+
+    if sr / 2 < 1.2 * CLICK_BAND_HZ:
+        return float("nan")
+    sos = scipy.signal.butter(4, CLICK_BAND_HZ, btype="highpass", fs=sr, output="sos")
+    high = scipy.signal.sosfilt(sos, np.asarray(x, np.float64))
+    n = len(high) // CLICK_FRAME
+    if n < 3:
+        return 0.0
+    energy = (high[:n * CLICK_FRAME].reshape(n, CLICK_FRAME) ** 2).mean(1)
+    db = np.maximum(10 * np.log10(energy + 1e-12), FLOOR_DB)
+    base = scipy.ndimage.median_filter(db, CLICK_MEDIAN_FRAMES, mode="nearest")
+    hit = db - base > CLICK_RISE_DB
+    return float(np.count_nonzero(hit[1:] & ~hit[:-1]) + int(hit[0]))  # runs, not frames
+
+
 def _nanmean(v) -> float:
     v = np.asarray(v, float)
     return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
@@ -132,7 +162,8 @@ def scores(gens: Sequence[np.ndarray], refs: Sequence[np.ndarray], sr: float) ->
 
     Returns ``{loudness_corr, loudness_corr_window, vibrato_rate_error_hz,
     vibrato_depth_error_cents, vibrato_depth_corr, vibrato_rate_gen_hz, vibrato_rate_ref_hz,
-    onset_f, n_windows, n_vibrato_windows}`` (NaN where nothing could be measured)."""
+    onset_f, clicks_per_min, n_windows, n_vibrato_windows}`` (NaN where nothing could be
+    measured; ``clicks_per_min`` counts the clicks of ``gens`` only)."""
     pooled, per = loudness_correlation(gens, refs, sr)
     vib_g = np.array([vibrato(g, sr) for g in gens], float).reshape(-1, 2)  # [N, (rate, depth)]
     vib_r = np.array([vibrato(r, sr) for r in refs], float).reshape(-1, 2)
@@ -146,6 +177,8 @@ def scores(gens: Sequence[np.ndarray], refs: Sequence[np.ndarray], sr: float) ->
         "vibrato_rate_gen_hz": _nanmean(vib_g[sel, 0]),
         "vibrato_rate_ref_hz": _nanmean(vib_r[sel, 0]),
         "onset_f": _nanmean([onset_f_measure(g, r, sr) for g, r in zip(gens, refs, strict=True)]),
+        "clicks_per_min": float(np.sum([clicks(g, sr) for g in gens]))
+        / max(sum(len(g) for g in gens) / sr / 60, 1e-9),
         "n_windows": len(gens),
         "n_vibrato_windows": int(sel.sum()),
     }

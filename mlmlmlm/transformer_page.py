@@ -32,7 +32,7 @@ CONDITIONS = ("true", "shuffled", "zero")
 MEASURES = {"loudness_corr": "loudness corr. ↑", "loudness_corr_window": "loudness corr. (per window) ↑",
             "vibrato_rate_error_hz": "vibrato rate error (Hz) ↓",
             "vibrato_depth_error_cents": "vibrato depth error (cents) ↓",
-            "onset_f": "onset F (50 ms) ↑"}
+            "onset_f": "onset F (50 ms) ↑", "clicks_per_min": "clicks per minute ↓"}
 
 
 def _show(obj: Any) -> None:
@@ -186,12 +186,16 @@ def listening_windows(pair, data_root: Path, split: str, n: int, seconds: float)
     return out
 
 
-def translate_window(tr, audio: np.ndarray, emg: np.ndarray, prompt_frames: int) -> np.ndarray:
+def translate_window(tr, audio: np.ndarray, emg: np.ndarray, prompt_frames: int,
+                     seed: int | None = None) -> np.ndarray:
     """Generated audio [n_a] for one window: ``prompt_frames`` of ``audio`` [n_a] (with their
     ``emg`` [6, n_e]) start the translator (0: its learned start token), the rest of ``emg`` is
-    pushed; the prompt's span holds its codec resynthesis."""
+    pushed; the prompt's span holds its codec resynthesis. ``seed``: the translator's sampling
+    seed for this window (None: as it is)."""
     ha, he = tr.audio_hop, tr.emg_hop
     tr.reset()
+    if seed is not None:
+        tr.seed = seed
     if prompt_frames:
         out = [tr.start(audio[:prompt_frames * ha], prompt_emg=emg[:, :prompt_frames * he])]
     else:
@@ -239,8 +243,8 @@ def condition_emg(windows: list[Window], condition: str) -> list[np.ndarray]:
 def generate_section(s: Setup, ev: Evaluated, n_windows: int, seconds: float, prompt_s: float,
                      guidances: tuple[float, ...]) -> Generated:
     """Generate every window of every split under every condition and guidance weight through
-    the streaming translator (the run's sampling settings and seed), and resynthesise the
-    references through the audio codec (the ceiling)."""
+    the streaming translator (the run's sampling settings; window i seeded with seed + i), and
+    resynthesise the references through the audio codec (the ceiling)."""
     import torch
 
     from mlmlmlm.stream import Translator
@@ -267,12 +271,17 @@ def generate_section(s: Setup, ev: Evaluated, n_windows: int, seconds: float, pr
 
 def _generate_all(s: Setup, gen: Generated, tr, pair, prompt_frames: int, n_windows: int,
                   seconds: float, guidances: tuple[float, ...]) -> None:
-    """The loop of :func:`generate_section`: fills ``gen`` (windows, audio, ceiling, times)."""
+    """The loop of :func:`generate_section`: fills ``gen`` (windows, audio, ceiling, times).
+
+    Window i is sampled with seed ``seed + i`` (the run's seed), the same under every condition
+    and weight: with one seed for all, every window drew the same random numbers at step t, so
+    where the distributions were alike (silence) the same rare code came up at the same time in
+    every window; the conditions of a window still differ by their EMG alone."""
     import torch
 
     from mlmlmlm.evaluate import reconstruct
 
-    t0 = time.perf_counter()
+    t0, seed = time.perf_counter(), tr.seed
     for split in splits_of(s):
         ws = listening_windows(pair, s.data_root, split, n_windows, seconds)
         gen.windows[split] = ws
@@ -283,9 +292,11 @@ def _generate_all(s: Setup, gen: Generated, tr, pair, prompt_frames: int, n_wind
             tr.guidance = w
             for cond in CONDITIONS:
                 emgs = condition_emg(ws, cond)
-                gen.audio[(split, w, cond)] = [translate_window(tr, win.audio, e, prompt_frames)
-                                               for win, e in zip(ws, emgs)]
+                gen.audio[(split, w, cond)] = [
+                    translate_window(tr, win.audio, e, prompt_frames, seed + i)
+                    for i, (win, e) in enumerate(zip(ws, emgs))]
                 gen.audio_s += sum(len(win.audio) for win in ws) / gen.sr
+    tr.seed = seed
     gen.compute_s = time.perf_counter() - t0
 
 

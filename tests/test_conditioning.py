@@ -90,3 +90,18 @@ def test_silent_reference_has_nothing_to_score():
     assert np.isnan(C.onset_f_measure(z, z, SR))
     assert np.isnan(C.vibrato(z, SR)[0])
     assert np.isnan(C.loudness_correlation([z], [z], SR)[0])
+
+
+def test_clicks_count_each_broadband_impulse_once_and_none_in_a_clean_tone():
+    x = tone(4.0, f0=330.0, rate=5.5, depth_cents=30.0, env=swell(2.0))
+    assert C.clicks(x, SR) == 0
+    clicked = x.copy()
+    at = [0.5, 1.3, 2.2, 3.1, 3.7]
+    for t in at:  # a few samples of broadband energy, like a decoded tail code
+        i = int(t * SR)
+        clicked[i:i + 3] += np.array([0.3, -0.3, 0.2], np.float32)
+    assert C.clicks(clicked, SR) == len(at)
+    sc = C.scores([clicked], [x], SR)
+    assert sc["clicks_per_min"] == pytest.approx(len(at) / (4.0 / 60))
+    assert C.scores([x], [x], SR)["clicks_per_min"] == 0
+    assert np.isnan(C.clicks(clicked, 8000))  # nothing above the band edge to measure

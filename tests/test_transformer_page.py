@@ -123,3 +123,19 @@ def test_the_page_shows_at_most_max_windows_evenly_spaced(monkeypatch):
     assert [c[0].split("\n")[0] for c in grids[0][::3]] == ["w0", "w3"]  # evenly spaced
     assert [r[0] for r in tables[0]] == ["w0", "w3"]
     assert tables[0][1][1]["reference"][0] == 3  # each row its own window's audio
+
+
+def test_translate_window_sets_the_window_seed_before_it_starts():
+    class Seeded(FakeTranslator):
+        seed = 0
+
+        def start(self, audio=None, prompt_emg=None):
+            self.calls.append(("seed", self.seed))
+            return super().start(audio, prompt_emg)
+
+    tr = Seeded()
+    audio, emg = np.zeros(800, np.float32), np.zeros((6, 100), np.float32)
+    page.translate_window(tr, audio, emg, 5, seed=7)
+    assert tr.calls[0] == ("seed", 7)
+    page.translate_window(tr, audio, emg, 5)  # None leaves the translator's seed as it is
+    assert tr.calls[0] == ("seed", 7)

@@ -177,17 +177,19 @@ class Record:
     audio_start_s: float = 0.0  # session time of audio_in's first sample (the EMG clock's start)
 
 
-def load_preset(s: Setup, preset: str):
+def load_preset(s: Setup, preset: str, in_process: bool = False):
     """The trained translator of ``preset`` (EMG prepared with the corpus's scale), or ``None``
-    with one line saying which run to train."""
-    from mlmlmlm.stream import Translator
+    with one line saying which run to train. As ``mlmlmlm live`` builds it: a sliding window of
+    the training crop, and, unless ``in_process``, in a process of its own
+    (:class:`~mlmlmlm.live.worker.TranslatorProcess`; close it when done)."""
+    from mlmlmlm.live.app import load_translator
 
     d = preset_dirs(s)[preset]
     if not (d / "checkpoint.pt").is_file():
         _md(f"*{preset}*: no trained run at `{d.name}` yet (train it: `mlmlmlm run "
             f"{presets(s)[preset]}`).")
         return None
-    return Translator.from_run(d, data_root=s.data_root)
+    return load_translator(str(d), s.cfg.scale, False, in_process, "crop", str(s.data_root))
 
 
 def play(s: Setup, preset: str, tr, excerpt, *, threshold_db: float, playout_ms: float,
@@ -259,7 +261,10 @@ def play(s: Setup, preset: str, tr, excerpt, *, threshold_db: float, playout_ms:
 def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms: float,
                    prompt_s: float, live: bool = False, seconds: float | None = None,
                    board: str = "bela") -> dict[str, Record]:
-    """Play both presets (those trained) through the engine; one status line each."""
+    """Play both presets (those trained) through the engine, each translator in a process of
+    its own as ``mlmlmlm live`` runs it; one status line each. The record keeps an in-process
+    copy of the translator (same run, same window) for the offline compute figures of
+    :func:`measure_latency`: the process is closed first, so its spinning core is free."""
     if not is_record(s):
         _md("The live record is the run `live` of this chapter.")
         return {}
@@ -268,8 +273,12 @@ def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms: float,
         tr = load_preset(s, preset)
         if tr is None:
             continue
-        r = play(s, preset, tr, excerpt, threshold_db=threshold_db, playout_ms=playout_ms,
-                 prompt_s=prompt_s, live=live, seconds=seconds, board=board)
+        try:
+            r = play(s, preset, tr, excerpt, threshold_db=threshold_db, playout_ms=playout_ms,
+                     prompt_s=prompt_s, live=live, seconds=seconds, board=board)
+        finally:
+            tr.close()
+        r.translator = load_preset(s, preset, in_process=True)
         m = r.summary
         # prose, not a printed stream: a reader's page opens with results, not console output
         _md(f"*{preset}*: EMG streaming from {r.audio_start_s:.2f} s of session time; "

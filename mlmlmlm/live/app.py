@@ -48,11 +48,12 @@ def add_arguments(p) -> None:
 
 
 def load_translator(run: str | None, scale: str, envelope: bool, in_process: bool = True,
-                    window_s: float | str | None = "crop"):
+                    window_s: float | str | None = "crop", data_root: str | None = None):
     """The translator of ``--run`` (or the envelope stand-in): a one-line :class:`LiveError` for
     a missing run; with ``in_process=False`` a trained run's translator is built and run in a
     process of its own (:class:`~mlmlmlm.live.worker.TranslatorProcess`). ``window_s``: see
-    :func:`mlmlmlm.translate.translator_from_run`."""
+    :func:`mlmlmlm.translate.translator_from_run`; ``data_root``: the corpus whose EMG scale
+    prepares the EMG (None: the default corpus)."""
     if envelope:
         from mlmlmlm.live.latency import EnvelopeTranslator
 
@@ -72,10 +73,11 @@ def load_translator(run: str | None, scale: str, envelope: bool, in_process: boo
     if not in_process:
         from mlmlmlm.live.worker import TranslatorProcess
 
-        return TranslatorProcess(load_translator, str(folder), scale, False, True, window_s)
+        return TranslatorProcess(load_translator, str(folder), scale, False, True, window_s,
+                                 data_root)
     from mlmlmlm.stream import Translator
 
-    return Translator.from_run(folder, window_s=window_s)
+    return Translator.from_run(folder, window_s=window_s, data_root=data_root)
 
 
 def _make_output(spec: str, block: int, log):

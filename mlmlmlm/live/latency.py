@@ -182,6 +182,29 @@ def latency_budget(translator, board_sr: float, playout_ms: float, out_block: in
                     "playout + output_device (hops fall inside the buffer)"}
 
 
+def _instrument(folder, seconds: float, sr: float, start_s: float):
+    """Write ``folder/instrument.wav``: silence, then from ``start_s`` a 220-Hz tone at 0.3 (a
+    bowed note the trigger fires on), ``seconds`` long in all; returns its path."""
+    import soundfile as sf
+
+    t = np.arange(int(seconds * sr)) / sr
+    audio = np.where(t > start_s, 0.3 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
+    path = folder / "instrument.wav"
+    sf.write(path, audio, int(sr))
+    return path
+
+
+def _engine(translator, src, instrument, sr: float, block: int, playout_ms: float, tap):
+    """An engine from ``src`` and the instrument file onto the output clock (``tap``: called
+    with each block it copies out, or None), running until stopped, quiet."""
+    from mlmlmlm.live.audio_io import ClockOutput, FileInput
+    from mlmlmlm.live.engine import Engine, EngineConfig
+
+    cfg = EngineConfig(playout_ms=playout_ms, block=block, end_on_silence=False)
+    return Engine(translator, src, FileInput(instrument, sr, block),
+                  lambda ring, _tap: ClockOutput(ring, block, tap), cfg, log=lambda m: None)
+
+
 def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout_ms: float = 40.0,
                board_sr: float = 22050.0, block: int = 256, lead_s: float = 3.0,
                seed: int = 0) -> dict:
@@ -196,10 +219,6 @@ def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout
     import tempfile
     from pathlib import Path
 
-    import soundfile as sf
-
-    from mlmlmlm.live.audio_io import ClockOutput, FileInput
-    from mlmlmlm.live.engine import Engine, EngineConfig
     from mlmlmlm.live.sources import EmulatorEmgSource
 
     n_onsets = max(1, int(seconds / period_s) - 1)
@@ -214,17 +233,12 @@ def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout
     onsets = onsets + lead
     emg = np.concatenate([np.zeros((6, lead), np.float32), emg,
                           np.zeros((6, int(4.0 * board_sr)), np.float32)], axis=1)
-    t = np.arange(int((onsets[-1] / board_sr + 2.0) * sr)) / sr
-    audio = np.where(t > lead_s, 0.3 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
     reads: list[tuple[float, np.ndarray]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "instrument.wav"
-        sf.write(path, audio, int(sr))
+        path = _instrument(Path(tmp), onsets[-1] / board_sr + 2.0, sr, lead_s)
         src = EmulatorEmgSource(emg, board_sr, loop=False, quiet=True)
-        cfg = EngineConfig(playout_ms=playout_ms, block=block, end_on_silence=False)
-        eng = Engine(translator, src, FileInput(path, sr, block),
-                     lambda ring, tap: ClockOutput(ring, block, lambda x: reads.append(
-                         (time.monotonic(), x))), cfg, log=lambda m: None)
+        eng = _engine(translator, src, path, sr, block, playout_ms,
+                      lambda x: reads.append((time.monotonic(), x)))
         eng.start()
         eng.wait(until_end=True, every_s=0.05)
         summary = eng.stop()
@@ -266,20 +280,16 @@ def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 4
 
     import soundfile as sf
 
-    from mlmlmlm.live.audio_io import ClockOutput, FileInput
-    from mlmlmlm.live.engine import Engine, EngineConfig
     from mlmlmlm.live.sources import BelaEmgSource
 
     emg, _ = onset_emg(max(1, int(seconds / 1.1) - 1), 1.1, board_sr, seed=0)
     sr = translator.audio_sr
-    t = np.arange(int(seconds * sr)) / sr
-    audio = np.where(t > 1.0, 0.3 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
         probe.close()
         sf.write(Path(tmp) / "board.emg.wav", emg.T, int(board_sr), subtype="FLOAT")
-        sf.write(Path(tmp) / "instrument.wav", audio, int(sr))
+        instrument = _instrument(Path(tmp), seconds, sr, 1.0)
         board = subprocess.Popen(
             [sys.executable, "-m", "mlmlmlm.live.emulator", "--file", str(Path(tmp) / "board.emg.wav"),
              "--sr", str(board_sr), "--port", str(port), "--duration", str(seconds + 30)],
@@ -288,10 +298,8 @@ def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 4
             line = board.stdout.readline()  # "Bela emulator: ..." once it listens
             if "Bela emulator" not in line:
                 raise RuntimeError(f"the emulator process did not start: {line.strip()}")
-            cfg = EngineConfig(playout_ms=playout_ms, block=block, end_on_silence=False)
             src = BelaEmgSource("127.0.0.1", port, quiet=True)
-            eng = Engine(translator, src, FileInput(Path(tmp) / "instrument.wav", sr, block),
-                         lambda ring, tap: ClockOutput(ring, block, None), cfg, log=lambda m: None)
+            eng = _engine(translator, src, instrument, sr, block, playout_ms, None)
             eng.start()
             eng.wait(seconds, every_s=0.05)
             summary = eng.stop()

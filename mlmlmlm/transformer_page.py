@@ -132,26 +132,23 @@ class Evaluated:
 def metrics_section(s: Setup, trained: Trained) -> Evaluated:
     """Teacher-forced held-out token accuracy and perplexity per level (chance: 1/codebook)."""
     model, _, pair = recipe.load_pair(s.run_dir)
-    items = recipe.eval_items(s.cfg, pair, s.data_root)
-    m = recipe.token_metrics(model, items)
-    shuffled = recipe.token_metrics(model, items, shuffle_emg=True)["loss"]
-    k = s.cfg.model.codebook_size
-    rows = [{"RVQ level": q, "token accuracy ↑": a, "perplexity ↓": p, "chance accuracy": 1 / k}
-            for q, (a, p) in enumerate(zip(m["token_accuracy"], m["perplexity"]))]
+    m = recipe.held_out_metrics(model, s.cfg, pair, s.data_root)
+    k, levels = s.cfg.model.codebook_size, range(model.cfg.n_q)
+    acc = [m[f"token_accuracy_q{q}"] for q in levels]
+    ppl = [m[f"perplexity_q{q}"] for q in levels]
+    rows = [{"RVQ level": q, "token accuracy ↑": acc[q], "perplexity ↓": ppl[q],
+             "chance accuracy": 1 / k} for q in levels]
     _md(report.markdown_table(rows, floatfmt=".3g"))
     print(f"{m['n_eval_windows']} held-out windows of {s.cfg.eval.window_s:g} s "
           f"({s.cfg.eval.split}); perplexity of a uniform guess: {k}")
-    print(f"cross-entropy {m['loss']:.3f} nats per code with the true EMG, {shuffled:.3f} with "
-          f"another window's: the EMG is worth {shuffled - m['loss']:.3f} nats per code")
+    print(f"cross-entropy {m['eval_loss']:.3f} nats per code with the true EMG, "
+          f"{m['eval_loss_shuffled_emg']:.3f} with another window's: the EMG is worth "
+          f"{m['emg_information_nats']:.3f} nats per code")
     last = trained.log[-max(1, len(trained.log) // 10):]
     metrics = {"steps": trained.result.steps, "train_wall_s": round(trained.result.wall_s, 1),
                "train_loss": float(np.mean([r["train"] for r in last if "train" in r] or [np.nan])),
-               "eval_loss": m["loss"], "n_eval_windows": m["n_eval_windows"],
-               "eval_loss_shuffled_emg": shuffled, "emg_information_nats": shuffled - m["loss"],
-               "token_accuracy_mean": float(np.mean(m["token_accuracy"])),
-               "perplexity_mean": float(np.mean(m["perplexity"]))}
-    for q, (a, p) in enumerate(zip(m["token_accuracy"], m["perplexity"])):
-        metrics[f"token_accuracy_q{q}"], metrics[f"perplexity_q{q}"] = a, p
+               **m, "token_accuracy_mean": float(np.mean(acc)),
+               "perplexity_mean": float(np.mean(ppl))}
     return Evaluated(model, pair, metrics)
 
 

@@ -258,6 +258,14 @@ def eval_items(cfg: RunConfig, pair: CodecPair, data_root: Path | str) -> list[d
 def summary(cfg: RunConfig, run_dir: Path, data_root: Path) -> dict[str, Any]:
     """Held-out token accuracy and perplexity per level, as ``mlmlmlm train --eval`` prints."""
     model, cfg, pair = load_pair(run_dir)
+    return held_out_metrics(model, cfg, pair, data_root)
+
+
+def held_out_metrics(model, cfg: RunConfig, pair: CodecPair, data_root: Path | str
+                     ) -> dict[str, Any]:
+    """``eval_loss``, ``eval_loss_shuffled_emg``, ``emg_information_nats`` (what the true EMG
+    saves over another window's, nats per code: 0 means it is ignored), ``n_eval_windows`` and
+    ``token_accuracy_q<q>``, ``perplexity_q<q>`` per level, on the fixed held-out windows."""
     items = eval_items(cfg, pair, data_root)
     m = token_metrics(model, items)
     shuffled = token_metrics(model, items, shuffle_emg=True)["loss"]

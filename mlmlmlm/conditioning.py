@@ -141,11 +141,9 @@ def clicks(x: np.ndarray, sr: float) -> float:
         return float("nan")
     sos = scipy.signal.butter(4, CLICK_BAND_HZ, btype="highpass", fs=sr, output="sos")
     high = scipy.signal.sosfilt(sos, np.asarray(x, np.float64))
-    n = len(high) // CLICK_FRAME
-    if n < 3:
+    if len(high) < 3 * CLICK_FRAME:
         return 0.0
-    energy = (high[:n * CLICK_FRAME].reshape(n, CLICK_FRAME) ** 2).mean(1)
-    db = np.maximum(10 * np.log10(energy + 1e-12), FLOOR_DB)
+    db = np.maximum(melody.frame_rms_db(high, CLICK_FRAME, CLICK_FRAME), FLOOR_DB)
     base = scipy.ndimage.median_filter(db, CLICK_MEDIAN_FRAMES, mode="nearest")
     hit = db - base > CLICK_RISE_DB
     return float(np.count_nonzero(hit[1:] & ~hit[:-1]) + int(hit[0]))  # runs, not frames

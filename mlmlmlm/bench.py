@@ -248,13 +248,14 @@ def production_stream(run: str, scale: str = "cpu", chunk_frames: int = 1,
 
 
 def bench_stream(run: str | None = None, seconds: float = 62.0, real_time_s: float | None = None,
-                 playout_ms: float = 40.0) -> dict:
+                 playout_ms: float = 40.0, compile: bool = False) -> dict:
     """Everything ``mlmlmlm bench stream --json`` prints: the live engine's per-frame compute,
     latency budget, end-to-end latency through the Bela emulator and pybela, and underruns
     (:func:`mlmlmlm.live.latency.bench_stream`; introduced in 06_live_demo)."""
     from mlmlmlm.live.latency import bench_stream as bench_live
 
-    return bench_live(run, seconds=seconds, real_time_s=real_time_s, playout_ms=playout_ms)
+    return bench_live(run, seconds=seconds, real_time_s=real_time_s, playout_ms=playout_ms,
+                      compile=compile)
 
 
 def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: float = 60.0,
@@ -322,10 +323,12 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
             "generation_rtf": at_ctx * rate, "cache": cache.size()}
 
 
-def streaming_loop(scale: str = "cpu", layout: str = "frame", seconds: float = 10.0) -> dict:
+def streaming_loop(scale: str = "cpu", layout: str = "frame", seconds: float = 10.0,
+                   compile: bool = False, chunk: int | None = None) -> dict:
     """The whole streaming loop of ``05_transformer/te2`` with ``layout`` at ``scale`` (random
-    weights, the production codecs' configs: :func:`mlmlmlm.live.latency.random_translator`),
-    EMG pushed one EMG hop at a time (EMG encode, generation, audio decode), one torch thread:
+    weights, the production codecs' configs: :func:`mlmlmlm.live.latency.random_translator`,
+    ``compile``d or eager), EMG pushed ``chunk`` samples (default one EMG hop) at a time (EMG
+    encode, generation, audio decode), one torch thread:
     :func:`mlmlmlm.live.latency.compute_per_frame`'s real-time factor and per-frame ms."""
     from mlmlmlm.live.latency import compute_per_frame, random_translator
 
@@ -333,19 +336,25 @@ def streaming_loop(scale: str = "cpu", layout: str = "frame", seconds: float = 1
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            out = compute_per_frame(random_translator(scale=scale, layout=layout), seconds)
+            tr = random_translator(scale=scale, layout=layout, compile=compile)
+            out = compute_per_frame(tr, seconds, chunk)
     finally:
         torch.set_num_threads(threads)
-    return {"scale": scale, "layout": layout, "seconds": seconds} | out
+    return {"scale": scale, "layout": layout, "seconds": seconds, "compiled": compile} | out
 
 
 def bench_transformer(scales: tuple[str, ...] = ("cpu", "paper"),
                       layouts: tuple[str, ...] = ("flat", "frame"), seconds: float = 60.0,
-                      context_s: float = 6.0, device: str = "cpu") -> dict:
+                      context_s: float = 6.0, device: str = "cpu", compile: bool = False) -> dict:
     """Everything ``mlmlmlm bench transformer --json`` prints (introduced in 05_transformer):
-    generation speed per scale and layout, and the cpu scale's whole streaming loop."""
+    generation speed per scale and layout, and the cpu scale's whole streaming loop (with
+    ``compile``, the frame layout's compiled loop too, a hop and a Bela buffer at a time)."""
+    loops = [streaming_loop("cpu", lay) for lay in layouts]
+    if compile:
+        loops += [streaming_loop("cpu", "frame", compile=True, chunk=c) for c in (None, 128)]
+        loops.append(streaming_loop("cpu", "frame", chunk=128))  # the eager one, same chunks
     return {"device": device, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "seconds": seconds, "context_s": context_s,
             "runs": [bench_transformer_run(s, lay, seconds, context_s, device=device)
                      for s in scales for lay in layouts],
-            "streaming": [streaming_loop("cpu", lay) for lay in layouts]}
+            "streaming": loops}

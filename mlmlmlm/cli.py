@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="stream: length of the underrun run alone (default --seconds; the "
                          "issue's figure is 600)")
     be.add_argument("--playout-ms", type=float, default=40.0, help="stream: playout delay")
+    be.add_argument("--compile", action="store_true",
+                    help="stream, transformer: also measure the torch.compile'd translator (its "
+                         "compute beside the eager one's, in one run; the underrun run with it)")
 
     tr = sub.add_parser("translate", help="EMG file + audio prompt -> viola WAV (streaming path)")
     tr.add_argument("--emg", type=Path, required=True, help="6-channel EMG WAV, any rate >= 1 kHz")
@@ -195,11 +198,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         try:
             if args.what == "transformer":  # generation speed, random weights
-                out = bench.bench_transformer()
+                out = bench.bench_transformer(compile=args.compile)
             else:
                 out = bench.bench_codec() if args.what == "codec" else bench.bench_stream(
                     args.run, seconds=args.seconds, real_time_s=args.real_time_s,
-                    playout_ms=args.playout_ms)
+                    playout_ms=args.playout_ms, compile=args.compile)
         except LiveError as err:
             print(f"mlmlmlm bench: {err}", file=sys.stderr)
             return 2

@@ -22,13 +22,14 @@ import torch
 from torch import Tensor
 
 from mlmlmlm.models.codec import Codec
-from mlmlmlm.models.frozen_codec import inference_copy
+from mlmlmlm.models.frozen_codec import compile_stream, inference_copy
+from mlmlmlm.models.generation import RING_SLACK
 from mlmlmlm.models.transformer import TranslationTransformer
 from mlmlmlm.models.transformer_io import StepOutput
 
 DEFAULT_WINDOW_S = 6.0  # sliding window over both caches: the paper's 6-s training windows
 MIN_PROMPT_FRAMES = 1  # the shortest prompt: one audio frame (the paper's 2048 samples)
-MAX_PIECE_FRAMES = 64  # a large push is worked through in pieces of this many EMG frames
+MAX_PIECE_FRAMES = RING_SLACK  # a large push is worked through in pieces of this many EMG frames
 
 
 class StreamError(ValueError):
@@ -71,6 +72,13 @@ class Translator:
         :attr:`min_prompt_samples`).
     emg_prep : called on every pushed chunk [C, n] before the codec (e.g. :class:`EmgPrep`);
         None when the EMG arrives prepared (filtered and scaled as in training).
+    compile : run the transformer step (:meth:`~mlmlmlm.models.generation.CachedGeneration.compile_generation`,
+        on the model given) and the codec copies' streaming encoder and decoder
+        (:func:`~mlmlmlm.models.frozen_codec.compile_stream`) through ``torch.compile``; the
+        constructor then streams half a second of rest EMG so the graphs compile here (about a
+        minute on 2 cores, less from inductor's cache) and not in the first phrase. The audio is
+        the eager path's to float rounding. A new guidance weight or sampling setting compiles
+        again at its first frame.
 
     Attributes
     ----------
@@ -85,7 +93,8 @@ class Translator:
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  guidance: float = 1.0, seed: int = 0, max_cache_frames: int | None = None,
                  min_prompt_frames: int = MIN_PROMPT_FRAMES,
-                 emg_prep: Callable[[np.ndarray], np.ndarray] | None = None):
+                 emg_prep: Callable[[np.ndarray], np.ndarray] | None = None,
+                 compile: bool = False):
         check_compatible(model, audio_codec, emg_codec)
         if model.training:
             raise StreamError("the translation model must be in eval mode (model.eval())")
@@ -104,7 +113,25 @@ class Translator:
             raise StreamError("min_prompt_frames must be >= 1")
         self.min_prompt_frames, self.emg_prep = min_prompt_frames, emg_prep
         self.on_step: Callable[[StepOutput], None] | None = None
+        self.compiled = bool(compile)
         self.reset()
+        if compile:
+            model.compile_generation(True)
+            compile_stream(self.audio_codec)
+            compile_stream(self.emg_codec)
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Stream rest EMG a hop at a time and then a few hops at once, so the compiled graphs
+        exist before the first phrase; then forget it all."""
+        prep, self.emg_prep = self.emg_prep, None
+        try:
+            self.start(np.zeros(4 * self.audio_hop, np.float32))  # every model takes a prompt
+            for n in (1, 1, 1, 4, 4):
+                self.push_emg(np.zeros((self.emg_channels, n * self.emg_hop), np.float32))
+        finally:
+            self.emg_prep = prep
+            self.reset()
 
     @classmethod
     def from_run(cls, run_dir, *, data_root=None, **kw) -> Translator:
@@ -235,7 +262,7 @@ class Translator:
         self.reset()
         cfg = self.model.cfg
         self.cache = self.model.new_cache(1, guided=self.guidance != 1,
-                                          max_cache_frames=self.max_cache_frames)
+                                          max_cache_frames=self.max_cache_frames, ring=True)
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
         if prompt_audio is None:
             if not cfg.bos:

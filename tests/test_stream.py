@@ -170,6 +170,22 @@ def test_a_minute_keeps_the_caches_bounded(codecs):
           f"{np.median(times[:n // 4]) * 1e3:.2f} / {np.median(times[-n // 4:]) * 1e3:.2f} ms")
 
 
+@pytest.mark.slow  # torch.compile of the tiny step and of the toy codecs' one-frame graphs
+def test_compiled_translator_equals_eager(codecs):
+    emg, prompt = signals(60)
+    runs = []
+    for compiled in (False, True):
+        t = Translator(tiny_model("frame"), *codecs, top_p=0.9, max_cache_frames=16,
+                       compile=compiled)
+        logits = with_logits(t)
+        head, audio = translate(t, emg, prompt, 4 * HOP)  # Bela-like chunks of 4 frames
+        runs.append((head, audio, logits, t.generated_codes()))
+    (h0, a0, l0, c0), (h1, a1, l1, c1) = runs
+    assert np.array_equal(c0, c1) and c0.shape[1] == 60
+    assert max((x - y).abs().max().item() for x, y in zip(l0, l1)) < TOL
+    assert np.abs(h0 - h1).max() < TOL and np.abs(a0 - a1).max() < TOL
+
+
 # ---- decoding -----------------------------------------------------------------------------------
 
 def test_streaming_decode_equals_offline_decode(codecs):

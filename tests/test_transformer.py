@@ -9,7 +9,9 @@ from mlmlmlm.models.transformer import (
     TransformerConfig,
     TranslationTransformer,
 )
-from mlmlmlm.models.transformer_io import flat_tokens, sample_logits
+from mlmlmlm.models.generation import RING_SLACK
+from mlmlmlm.models.transformer_io import flat_tokens, sample_logits, sample_uniform
+from mlmlmlm.nn.kv_buffer import KVBuffer
 from mlmlmlm.nn.attention import apply_rope, may_attend, rope_tables
 
 N_Q, K, N_QE, K_E = 3, 16, 2, 8
@@ -270,6 +272,8 @@ def test_prompt_fed_once(layout):
     # the prompt is P * per_frame positions: all but the last are in the cache, the last waits
     assert cache.n_fed == len(cache.self_kv[0]) == sum(fed) == P * per_frame - 1
     assert cache.n_fed + cache.pending.shape[-1] == P * per_frame
+    one = m.blocks[0].one  # a step feeds one position per call of Block.one
+    m.blocks[0].one = lambda *args: (fed.append(1), one(*args))[1]
     for t in range(P, P + 2):
         m.step(cache, codes=a[:, :, t])
         assert sum(fed) == len(cache.self_kv[0]) == (t + 1) * per_frame - 1  # never twice
@@ -277,13 +281,14 @@ def test_prompt_fed_once(layout):
 
 
 @pytest.mark.parametrize("layout", ["flat", "frame"])
-@pytest.mark.parametrize("ctx", [0, 4], ids=["plain", "emg_context"])
-def test_sliding_window_bounded_and_exact(layout, ctx):
+@pytest.mark.parametrize("ctx,ring", [(0, False), (4, False), (0, True)],
+                         ids=["plain", "emg_context", "ring"])
+def test_sliding_window_bounded_and_exact(layout, ctx, ring):
     m = tiny(layout, lookahead=1, emg_context=ctx)
     W, P, n = 3, 2, 30  # 10 W frames past the prompt
     a, e = codes(1, P + n)
     g = torch.Generator().manual_seed(3)
-    cache = m.new_cache(1, max_cache_frames=W)
+    cache = m.new_cache(1, max_cache_frames=W, ring=ring)
     m.append_emg(cache, e[:, :, :P + 1])
     m.prime(cache, a[:, :, :P])
     frames, logits, sizes = [], [], []
@@ -296,8 +301,12 @@ def test_sliding_window_bounded_and_exact(layout, ctx):
     per_frame = N_Q if layout == "flat" else 1
     assert max(s["self"] for s in sizes) <= W * per_frame
     assert max(s["emg"] for s in sizes) <= W + 1
-    assert sizes[n // 2]["self_capacity"] == sizes[-1]["self_capacity"] <= max(16, 4 * W * per_frame)
-    assert sizes[n // 2]["emg_capacity"] == sizes[-1]["emg_capacity"]
+    if ring:  # fixed slots from the first step to the last: every step has the same shapes
+        assert sizes[0]["self_capacity"] == sizes[-1]["self_capacity"] == W * per_frame + RING_SLACK
+        assert sizes[0]["emg_capacity"] == sizes[-1]["emg_capacity"] == W + 1 + RING_SLACK
+    else:
+        assert sizes[n // 2]["self_capacity"] == sizes[-1]["self_capacity"] <= max(16, 4 * W * per_frame)
+        assert sizes[n // 2]["emg_capacity"] == sizes[-1]["emg_capacity"]
     gen = torch.cat([a[:, :, :P], torch.stack(frames, 2)], dim=2)  # [1, n_q, P + n]
     windowed = m(gen, e[:, :, :P + n + 1], window=W).logits[:, :, P:]  # EMG through t + 1
     err = (torch.stack(logits, 2) - windowed).abs().max().item()
@@ -305,6 +314,57 @@ def test_sliding_window_bounded_and_exact(layout, ctx):
     assert err < TOL
     full = m(gen, e[:, :, :P + n + 1]).logits[:, :, P:]
     assert (full - windowed).abs().max() > 1e-3  # the window does forget
+
+
+def test_ring_buffer_slots_wrap_and_refuse_overflow():
+    buf = KVBuffer(capacity=4)
+    kv = torch.arange(6.0).view(1, 1, 6, 1)  # positions 0..5, value = position
+    buf.append(kv[:, :, :3], -kv[:, :, :3])
+    buf.drop_before(2)
+    buf.append(kv[:, :, 3:6], -kv[:, :, 3:6])  # positions 3..5 wrap into slots 3, 0, 1
+    k, v, first = buf.span(0, 10)
+    assert first == 2 and k.flatten().tolist() == [2.0, 3.0, 4.0, 5.0] and torch.equal(v, -k)
+    store, _, pos = buf.ring()
+    assert store.shape[2] == 4 and pos.tolist() == [4, 5, 2, 3]
+    with pytest.raises(ValueError, match="ring of 4 slots"):
+        buf.append(kv[:, :, :1], kv[:, :, :1])  # 4 live entries: no slot is free
+
+
+def test_ring_cache_with_guidance_equals_growing_cache():
+    m = tiny("frame", lookahead=1)
+    a, e = codes(1, 24)
+    outs = []
+    for ring in (False, True):
+        cache = m.new_cache(1, guided=True, max_cache_frames=5, ring=ring)
+        m.append_emg(cache, e[:, :, :4])
+        m.prime(cache, a[:, :, :3])
+        g = torch.Generator().manual_seed(0)
+        for t in range(3, 24):
+            if cache.n_emg < t + 2:
+                m.append_emg(cache, e[:, :, cache.n_emg:t + 2])
+            outs.append(m.step(cache, guidance=2.5, top_p=0.9, generator=g))
+    eager, rings = outs[:21], outs[21:]
+    assert all(torch.equal(x.codes, y.codes) for x, y in zip(eager, rings))
+    assert max((x.logits - y.logits).abs().max().item() for x, y in zip(eager, rings)) < TOL
+
+
+@pytest.mark.slow  # torch.compile of the tiny step: ~20-40 s on 2 cores
+@pytest.mark.usefixtures("one_torch_thread")
+def test_compiled_step_equals_eager_step():
+    m = tiny("frame", lookahead=1)
+    a, e = codes(1, 40)
+    runs = []
+    for compiled in (False, True):
+        m.compile_generation(compiled)
+        cache = m.new_cache(1, max_cache_frames=6, ring=True)
+        m.append_emg(cache, e)
+        m.prime(cache, a[:, :, :3])
+        g = torch.Generator().manual_seed(0)
+        runs.append([m.step(cache, top_p=0.9, generator=g) for _ in range(30)])  # 5 windows
+    m.compile_generation(False)
+    assert m._compiled is None
+    assert all(torch.equal(x.codes, y.codes) for x, y in zip(*runs))
+    assert max((x.logits - y.logits).abs().max().item() for x, y in zip(*runs)) < TOL
 
 
 # ---- guidance and sampling --------------------------------------------------------------------
@@ -404,6 +464,15 @@ def test_sample_logits_filters():
     for _ in range(20):
         s = sample_logits(logits, top_k=4, generator=g)
         assert (top4 == s[:, None]).any(-1).all()
+    # inverse CDF: u at the edges of the mass picks the first and last code of nonzero mass
+    lg = torch.tensor([[float("-inf"), 0.0, float("-inf"), 0.0, float("-inf")]])
+    assert sample_uniform(lg, torch.tensor([0.0])).item() == 1
+    assert sample_uniform(lg, torch.tensor([0.4999])).item() == 1
+    assert sample_uniform(lg, torch.tensor([0.5001])).item() == 3
+    assert sample_uniform(lg, torch.tensor([1.0 - 1e-7])).item() == 3
+    freq = torch.bincount(sample_logits(torch.log(torch.tensor([[0.1, 0.2, 0.7]])).expand(
+        20000, 3), generator=g), minlength=3) / 20000  # the distribution itself
+    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.015)
 
 
 # ---- scales -----------------------------------------------------------------------------------

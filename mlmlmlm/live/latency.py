@@ -101,11 +101,12 @@ def detect_onsets(y: np.ndarray, sr: float, threshold: float, min_gap_s: float,
 
 
 # ----------------------------------------------------------------------------- translators
-def random_translator(seed: int = 0, scale: str = "cpu", layout: str = "frame"):
+def random_translator(seed: int = 0, scale: str = "cpu", layout: str = "frame",
+                      compile: bool = False):
     """The default preset (production codecs ``02_audio_codec/audio_codec`` and
     ``04_emg_codec/emg_codec``, transformer ``05_transformer/te2`` in the ``frame`` layout, i.e.
     ``te2_frame``) at ``scale`` with random weights: the compute of the real thing, none of its
-    sound. ``layout="flat"`` gives TE2 itself."""
+    sound. ``layout="flat"`` gives TE2 itself; ``compile``: see :class:`~mlmlmlm.stream.Translator`."""
     import torch
 
     from mlmlmlm.config import load_run_config
@@ -120,14 +121,14 @@ def random_translator(seed: int = 0, scale: str = "cpu", layout: str = "frame"):
         c = Codec(load_run_config(run, scale).model)
         c(0.1 * torch.randn(4, c.cfg.in_channels, 256 * c.cfg.hop))  # k-means init: 1024 frames
         codecs.append(c.eval())
-    return Translator(TranslationTransformer(cfg.model).eval(), *codecs)
+    return Translator(TranslationTransformer(cfg.model).eval(), *codecs, compile=compile)
 
 
-def trained_translator(run: str, scale: str = "cpu"):
+def trained_translator(run: str, scale: str = "cpu", compile: bool = False):
     """The translator of a trained run (``<phase>/<run>`` or its folder), or a one-line LiveError."""
     from mlmlmlm.live.app import load_translator
 
-    return load_translator(run, scale, envelope=False)
+    return load_translator(run, scale, envelope=False, compile=compile)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -314,9 +315,10 @@ def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 4
 
 
 def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: float = 40.0,
-                 real_time_s: float | None = None) -> dict:
+                 real_time_s: float | None = None, compile: bool = False) -> dict:
     """Everything ``mlmlmlm bench stream --json`` prints (see the module doc); the underrun run
-    lasts ``real_time_s`` (default ``seconds``)."""
+    lasts ``real_time_s`` (default ``seconds``). With ``compile`` the compiled translator's
+    compute is measured beside the eager one's (``compiled``) and the underrun run uses it."""
     import os
 
     import torch
@@ -328,14 +330,21 @@ def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: floa
            "compute": compute_per_frame(tr),
            "compute_bela_chunks": compute_per_frame(tr, chunk=BLOCK // 8),
            "algorithmic": latency_budget(tr, 22050.0, playout_ms, 256)}
+    make = (trained_translator, run, "cpu") if run else (random_translator, 0, "cpu", "frame")
+    if compile:
+        trc = make[0](*make[1:], True)
+        out["compiled"] = {"compute": compute_per_frame(trc),
+                           "compute_bela_chunks": compute_per_frame(trc, chunk=BLOCK // 8)}
+        make = (*make, True)
     out["end_to_end"] = end_to_end(EnvelopeTranslator(), seconds, playout_ms=playout_ms) | {
         "translator": "EnvelopeTranslator (one frame, no compute): the engine's latency"}
     from mlmlmlm.live.worker import TranslatorProcess
 
     # as `mlmlmlm live` runs it: the translator in a process of its own (mlmlmlm/live/worker.py)
-    with TranslatorProcess(*((trained_translator, run) if run else (random_translator,))) as rt:
+    with TranslatorProcess(*make) as rt:
         out["real_time"] = underruns_real_time(rt, real_time_s or seconds, playout_ms) | {
-            "translator": out["translator"] + ", in its own process",
+            "translator": out["translator"] + ", in its own process"
+                          + (", compiled" if compile else ""),
             "translator_compute_ms_per_call": 1000.0 * rt.compute_s / max(1, rt.calls)}
     return out
 

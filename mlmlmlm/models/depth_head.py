@@ -61,14 +61,15 @@ class DepthHead(nn.Module):
         ctx = self.inp(h)  # [N, dd]
         N, dd = ctx.shape
         H = self.blocks[0].self_attn.n_heads
-        kv = [(ctx.new_empty(N, H, self.n_q, dd // H), ctx.new_empty(N, H, self.n_q, dd // H))
+        kv = [(ctx.new_zeros(N, H, self.n_q, dd // H), ctx.new_zeros(N, H, self.n_q, dd // H))
               for _ in self.blocks]  # per block: K and V slots of the n_q levels
         codes: list[Tensor] = []
         for q in range(self.n_q):
             x = ctx + self.level_emb.weight[q]
             if q:  # code q-1 feeds level q
                 x = x + self.code_emb.weight[codes[-1] + (q - 1) * self.K]
-            for block, (keys, values) in zip(self.blocks, kv):
-                x = block.step_one(x, keys, values, q)  # one new position: it sees levels <= q
+            for block, (keys, values) in zip(self.blocks, kv):  # level q sees levels <= q
+                x, keys[:, :, q], values[:, :, q] = block.one(x, None, keys[:, :, :q],
+                                                              values[:, :, :q], None)
             codes.append(pick(self.norm(x) @ self.head[q].T, q))  # logits [N, K]
         return torch.stack(codes, 1)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from mlmlmlm.models.codec import Codec
-from mlmlmlm.nn.cached import CausalConv1d, CausalConvTranspose1d
+from mlmlmlm.nn.cached import CausalConv1d, CausalConvTranspose1d, _Cache
 from mlmlmlm.nn.layers import SNAKE_EPS, Snake
 from mlmlmlm.nn.quantize import BottleneckOutput
 
@@ -204,3 +204,39 @@ class FrozenConvTranspose1d(nn.Module):
             y = slots.permute(0, 2, 1, 3).reshape(B, p.shape[2], (T + 1) * s)
         y = self.tail(y, T * s)  # [B, C_out, T s]: the overlap owed to the next chunk kept
         return y if self.bias is None else y + self.bias[:, None]
+
+
+class CompiledFrames(nn.Module):
+    """A streaming encoder or decoder run through ``torch.compile`` one frame at a time: a graph
+    of one shape (one hop of samples, or one latent frame) and the wrapped module's own
+    streaming state, so chunks of any size reuse it. Offline calls (not streaming: each call is a
+    whole signal), the first chunk of a stream (no state yet: one graph fewer to compile) and
+    chunks longer than ``MAX_COMPILED_FRAMES`` frames take the eager module, which is fast at
+    length. ``x`` [B, C, n * unit] -> the module's output for it."""
+
+    MAX_COMPILED_FRAMES = 8
+
+    def __init__(self, module: nn.Module, unit: int):
+        super().__init__()
+        self.module, self.unit = module, unit
+        self._state = next(m for m in module.modules() if isinstance(m, _Cache))  # its mode
+        self.compiled = torch.compile(module, fullgraph=False, dynamic=False,
+                                      options={"cpp_wrapper": True})
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[-1] // self.unit
+        if (not self._state.streaming or self._state.state is None or n == 0
+                or n > self.MAX_COMPILED_FRAMES or x.shape[-1] % self.unit):
+            return self.module(x)
+        u = self.unit
+        # contiguous: a slice's strides are the chunk's, and the graph is guarded on strides
+        return torch.cat([self.compiled(x[..., i * u:(i + 1) * u].contiguous())
+                          for i in range(n)], dim=-1)
+
+
+def compile_stream(codec: Codec) -> None:
+    """Compile a frozen codec's streaming encoder and decoder frame by frame
+    (:class:`CompiledFrames`); the first frames of a stream compile (tens of seconds)."""
+    if not isinstance(codec.encoder, CompiledFrames):
+        codec.encoder = CompiledFrames(codec.encoder, codec.cfg.hop)
+        codec.decoder = CompiledFrames(codec.decoder, 1)

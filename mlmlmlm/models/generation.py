@@ -2,9 +2,11 @@
 self-attention, EMG cross-attention keys/values appended once as EMG frames arrive, a sliding
 window over both, classifier-free guidance and sampling, one frame per ``step``.
 
-``TranslationTransformer`` (:mod:`mlmlmlm.models.transformer`) inherits these methods; they use
-its trunk (``_feed`` runs new positions through ``_trunk`` with the cache's buffers), so a cached
-step equals the teacher-forced forward (tested). Introduced in notebook 05_transformer.
+``TranslationTransformer`` (:mod:`mlmlmlm.models.transformer`) inherits these methods. A prompt's
+positions go through its trunk (``_feed`` -> ``_trunk`` with the cache's buffers); a step's one
+position goes through :meth:`~mlmlmlm.nn.attention.Block.one` (``_feed_one``), over growing
+buffers or fixed rings, eager or compiled (:meth:`CachedGeneration.compile_generation`); every
+path equals the teacher-forced forward (tested). Introduced in notebook 05_transformer.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mlmlmlm.models.transformer_io import GenerationCache, StepOutput, flat_tokens, sample_logits
-from mlmlmlm.nn.attention import KVBuffer, may_attend
+from mlmlmlm.models.transformer_io import GenerationCache, StepOutput, flat_tokens, sample_uniform
+from mlmlmlm.nn.attention import may_attend
+from mlmlmlm.nn.kv_buffer import KVBuffer
+
+
+RING_SLACK = 64  # ring caches: entries beyond the window (EMG ahead, a prompt piece)
 
 
 class CachedGeneration:
@@ -22,21 +28,39 @@ class CachedGeneration:
     ``_trunk``, ``_rope``, ``_query_frames``, ``_self_window`` and ``_check``."""
 
     def new_cache(self, batch_size: int = 1, guided: bool = False,
-                  max_cache_frames: int | None = None) -> GenerationCache:
+                  max_cache_frames: int | None = None, ring: bool = False) -> GenerationCache:
         """An empty cache. ``guided`` carries the EMG-dropped path so ``step`` can take a guidance
         weight other than 1. ``max_cache_frames`` W bounds memory: each position then attends
         to the last W frames of audio (flat: W * n_q tokens, itself included) and to the EMG
         frames (t + lookahead - W, t + lookahead]; older entries are forgotten. This equals
         ``forward(..., window=W)`` (sliding-window attention), not a forward over the last W
-        frames alone: deeper layers still carry what entered before the window."""
+        frames alone: deeper layers still carry what entered before the window.
+
+        ``ring``: fixed ring buffers (:class:`~mlmlmlm.nn.kv_buffer.KVBuffer` with a capacity)
+        of the window plus ``RING_SLACK`` entries, so every step has the same tensor shapes (a
+        compiled step, :meth:`compile_generation`, needs this); EMG may then run at most
+        ``RING_SLACK`` frames ahead of generation. Needs ``max_cache_frames``."""
         if max_cache_frames is not None and max_cache_frames < 1:
             raise ValueError("max_cache_frames must be >= 1 or None")
-        n, b = self.cfg.n_layers, int(self.cfg.bos)
+        if ring and max_cache_frames is None:
+            raise ValueError("a ring cache needs max_cache_frames")
+        n, b, W = self.cfg.n_layers, int(self.cfg.bos), max_cache_frames
+        self_cap = emg_cap = None
+        if ring:  # prime feeds a prompt in pieces of RING_SLACK positions
+            self_cap, emg_cap = self._self_window(W) + RING_SLACK, W + RING_SLACK + self.cfg.lookahead
         cache = GenerationCache(batch_size, guided, max_cache_frames,
-                                [KVBuffer() for _ in range(n)], [KVBuffer() for _ in range(n)],
+                                [KVBuffer(self_cap) for _ in range(n)],
+                                [KVBuffer(emg_cap) for _ in range(n)],
                                 n_fed=-b, bos_pending=bool(b))
         for buffer in cache.self_kv:  # self-attention positions start at the start token's -1
             buffer.start = -b
+        if ring:
+            w = self.audio_emb.weight
+            rows, H, hd = batch_size * (2 if guided else 1), self.cfg.n_heads, self.cfg.head_dim
+            for buffer in cache.self_kv:
+                buffer.reserve(rows, H, hd, w.dtype, w.device)
+            for buffer in cache.emg_kv:
+                buffer.reserve(batch_size, H, hd, w.dtype, w.device)
         return cache
 
     def frames_ready(self, cache: GenerationCache) -> int:
@@ -113,8 +137,9 @@ class CachedGeneration:
             raise ValueError(f"prompt must be [{cache.batch_size}, {cfg.n_q}, P >= 1]")
         rows = torch.cat([prompt_codes, prompt_codes]) if cache.guided else prompt_codes
         inp = flat_tokens(rows, cfg.codebook_size) if cfg.layout == "flat" else rows
-        if inp.shape[-1] > 1 or cache.bos_pending:
-            self._feed(cache, inp[..., :-1])  # the start token first, when the model has one
+        if inp.shape[-1] > 1 or cache.bos_pending:  # the start token first, if the model has one
+            for i in range(0, max(inp.shape[-1] - 1, 1), RING_SLACK):  # a ring's slack at a time
+                self._feed(cache, inp[..., i:min(i + RING_SLACK, inp.shape[-1] - 1)])
         cache.pending = inp[..., -1:]  # [rows, 1] or [rows, n_q, 1]
         cache.n_frames = prompt_codes.shape[2]
 
@@ -144,7 +169,8 @@ class CachedGeneration:
 
         ``codes`` [B, n_q]: use these instead of sampling (teacher forcing through the cache).
         ``guidance`` w: logits uncond + w (cond - uncond); needs a ``guided`` cache unless w = 1;
-        w = 0 is the EMG-dropped model alone. Sampling: ``sample_logits``, per level.
+        w = 0 is the EMG-dropped model alone. Sampling: ``sample_uniform`` per level, with n_q x B
+        uniforms drawn from ``generator`` at the start of the step (level-major).
         """
         cfg, B = self.cfg, cache.batch_size
         if cache.pending is None:
@@ -153,28 +179,115 @@ class CachedGeneration:
             raise ValueError("a guidance weight other than 1 needs new_cache(guided=True)")
         if codes is not None and tuple(codes.shape) != (B, cfg.n_q):
             raise ValueError(f"codes must be [{B}, {cfg.n_q}], got {list(codes.shape)}")
-        copies = 2 if cache.guided else 1
-        K, levels, logits = cfg.codebook_size, [], []
+        dev = cache.pending.device
+        u = torch.rand(cfg.n_q, B, generator=generator, device=dev) if codes is None else None
+        sampling = (temperature, top_k, top_p, float(guidance), B)
+        if cfg.layout == "flat":
+            K, levels, logits = cfg.codebook_size, [], []
+            for q in range(cfg.n_q):
+                h = self._feed_one(cache, cache.pending)  # [rows, d], predicts level q
+                lg = self._guide(h @ self.head.weight[q * K:(q + 1) * K].T, B, guidance)
+                c = codes[:, q] if codes is not None else sample_uniform(
+                    lg, u[q], temperature, top_k, top_p)
+                logits.append(lg)
+                levels.append(c)
+                cache.pending = (c + q * K).repeat(h.shape[0] // B)[:, None]  # [rows, 1]
+            out, lg = torch.stack(levels, 1), torch.stack(logits, 1)
+        else:
+            h = self._feed_one(cache, cache.pending)  # [rows, d], predicts the whole frame
+            head = self._frame_head_fn(cache)
+            out, lg = head(h, u, codes, *sampling)  # [B, n_q], [B, n_q, K]
+            cache.pending = out.repeat(h.shape[0] // B, 1)[:, :, None]  # [rows, n_q, 1]
+        cache.n_frames += 1
+        return StepOutput(codes=out, logits=lg, frame=cache.n_frames - 1)
 
-        def pick(lg: Tensor, q: int) -> Tensor:  # [rows, K] -> chosen codes [B]
+    def _feed_one(self, cache: GenerationCache, inp: Tensor) -> Tensor:
+        """The step's path: one new audio position (flat token [rows, 1], frame codes
+        [rows, n_q, 1], or the start token while it is pending) through the trunk with
+        :meth:`~mlmlmlm.nn.attention.Block.one`, its keys/values stored afterwards; returns its
+        hidden state [rows, d]. A ring cache passes whole rings and position masks (the same
+        shapes every step); growing buffers pass exactly the visible spans."""
+        cfg, W = self.cfg, cache.max_cache_frames
+        pos = cache.n_fed
+        newest = self._query_frames(pos) + cfg.lookahead
+        if cache.n_emg <= newest:
+            raise ValueError(f"predicting frame {newest - cfg.lookahead} needs EMG frames through "
+                             f"{newest}; {cache.n_emg} appended (see frames_ready)")
+        p = torch.tensor([pos], device=inp.device)
+        if cache.bos_pending:  # the start token, at position -1
+            cache.bos_pending = False
+            x = self.bos.expand(inp.shape[0], -1)
+        else:
+            x = self._embed_audio(inp, p)[:, 0]  # [rows, d]
+        rope, cross_rope = self._rope(p, x.dtype), self._rope(self._query_frames(p), x.dtype)
+        if cache.self_kv[0].ring_capacity:
+            rings = [b.ring() for b in cache.self_kv], [b.ring() for b in cache.emg_kv]
+            selfs, emgs = [r[:2] for r in rings[0]], [r[:2] for r in rings[1]]
+            s_pos, e_pos = rings[0][0][2], rings[1][0][2]  # every layer: the same slots
+            s_mask = s_pos > pos - self._self_window(W)  # [C]: the window's older positions
+            e_mask = (e_pos > newest - W) & (e_pos <= newest)  # [C_e]: EMG may run ahead
+            trunk = self._compiled["trunk"] if getattr(self, "_compiled", None) else self._trunk_one
+        else:
+            none = x.new_zeros(x.shape[0], cfg.n_heads, 0, cfg.head_dim)  # before any position
+            selfs = [b.span(b.start, b.end)[:2] if len(b) else (none, none) for b in cache.self_kv]
+            emgs = [b.span(0 if W is None else newest - W + 1, newest + 1)[:2]
+                    for b in cache.emg_kv]
+            s_mask = e_mask = None
+            trunk = self._trunk_one
+        h, new = trunk(x, rope, cross_rope, selfs, s_mask, emgs, e_mask)
+        for buffer, (k, v) in zip(cache.self_kv, new):
+            buffer.append(k[:, :, None], v[:, :, None])
+        cache.n_fed += 1
+        self._forget(cache)
+        return h
+
+    def _trunk_one(self, x: Tensor, rope, cross_rope, selfs: list[tuple[Tensor, Tensor]],
+                   s_mask: Tensor | None, emgs: list[tuple[Tensor, Tensor]],
+                   e_mask: Tensor | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """x [rows, d] through every block (one position); per layer the cached self k, v
+        [rows, H, S, hd] and EMG k, v [B, H, n, hd] with their masks [S], [n] (None: all
+        visible) -> hidden state [rows, d] and each layer's new k, v [rows, H, hd]."""
+        new = []
+        for block, (k, v), (ek, ev) in zip(self.blocks, selfs, emgs):
+            x, k_new, v_new = block.one(x, rope, k, v, s_mask, (cross_rope, ek, ev, e_mask))
+            new.append((k_new, v_new))
+        return self.norm_out(x), new
+
+    def _frame_head(self, h: Tensor, u: Tensor | None, codes: Tensor | None, temperature: float,
+                    top_k: int | None, top_p: float | None, guidance: float, B: int
+                    ) -> tuple[Tensor, Tensor]:
+        """The frame layout's depth head, guidance and sampling for one frame: hidden state
+        [rows, d], uniforms [n_q, B] (or the given ``codes`` [B, n_q]) -> codes [B, n_q] and
+        the guided logits [B, n_q, K]."""
+        logits: list[Tensor] = []
+
+        def pick(lg: Tensor, q: int) -> Tensor:  # [rows, K] -> chosen codes [rows]
             lg = self._guide(lg, B, guidance)
             logits.append(lg)
-            c = codes[:, q] if codes is not None else sample_logits(
-                lg, temperature, top_k, top_p, generator)
-            levels.append(c)
-            return c.repeat(copies)  # [rows]: both paths are fed the same code
+            c = codes[:, q] if codes is not None else sample_uniform(
+                lg, u[q], temperature, top_k, top_p)
+            return c.repeat(h.shape[0] // B)  # both paths of a guided batch get the same code
 
-        if cfg.layout == "flat":
-            for q in range(cfg.n_q):
-                h = self._feed(cache, cache.pending)  # [rows, d], predicts level q
-                c = pick(h @ self.head.weight[q * K:(q + 1) * K].T, q)  # [rows, K] logits
-                cache.pending = (c + q * K)[:, None]  # [rows, 1] flat token
-        else:
-            h = self._feed(cache, cache.pending)  # [rows, d], predicts the whole frame
-            cache.pending = self.depth.sample(h, pick)[:, :, None]  # [rows, n_q, 1]
-        cache.n_frames += 1
-        return StepOutput(codes=torch.stack(levels, 1), logits=torch.stack(logits, 1),
-                          frame=cache.n_frames - 1)
+        out = self.depth.sample(h, pick)  # [rows, n_q]
+        return out[:B], torch.stack(logits, 1)
+
+    def _frame_head_fn(self, cache: GenerationCache):
+        compiled = getattr(self, "_compiled", None)
+        return compiled["head"] if compiled and cache.self_kv[0].ring_capacity else self._frame_head
+
+    def compile_generation(self, on: bool = True) -> None:
+        """Run the steps of ring caches (``new_cache(..., ring=True)``) through
+        ``torch.compile``: the trunk's one position and, for the frame layout, the depth head
+        with guidance and sampling, each one graph of fixed shapes (C++ wrapper, no Python
+        between kernels). The first step of each new shape compiles (tens of seconds on 2
+        cores); the results equal the eager step's to float rounding (tested). ``on=False``
+        goes back to eager."""
+        if not on:
+            self._compiled = None
+            return
+        opts = {"fullgraph": True, "dynamic": False, "options": {"cpp_wrapper": True}}
+        self._compiled = {"trunk": torch.compile(self._trunk_one, **opts),
+                          "head": torch.compile(self._frame_head, **opts)}
 
     @torch.inference_mode()
     def generate(self, prompt_codes: Tensor | None, emg_codes: Tensor, n_frames: int,

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from mlmlmlm.models.depth_head import DepthHead
 from mlmlmlm.models.generation import CachedGeneration
 from mlmlmlm.models.transformer_io import TransformerLoss, TransformerOutput, flat_tokens
-from mlmlmlm.nn.attention import Block, KVBuffer, may_attend, rope_tables
+from mlmlmlm.nn.attention import Block, may_attend, rope_tables
+from mlmlmlm.nn.kv_buffer import KVBuffer
 
 LAYOUTS = ("flat", "frame")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mlmlmlm.nn.attention import KVBuffer
+from mlmlmlm.nn.kv_buffer import KVBuffer
 
 
 @dataclass
@@ -101,16 +101,32 @@ def flat_tokens(codes: Tensor, codebook_size: int) -> Tensor:
 
 def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """Draw one code per row from ``logits`` [B, K] -> LongTensor [B]; temperature 0 is argmax."""
+    """Draw one code per row from ``logits`` [B, K] -> LongTensor [B]; temperature 0 is argmax.
+    One uniform per row from ``generator``, then :func:`sample_uniform`."""
+    u = torch.rand(logits.shape[0], generator=generator, device=logits.device)
+    return sample_uniform(logits, u, temperature, top_k, top_p)
+
+
+def sample_uniform(logits: Tensor, u: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> Tensor:
+    """The code whose cumulative probability first exceeds ``u`` [B] in [0, 1): inverse-CDF
+    sampling from ``logits`` [B, K] / temperature, restricted to the ``top_k`` largest and to the
+    smallest set of codes whose mass reaches ``top_p`` (the top code always stays); temperature
+    0 is argmax. The random numbers come in as a tensor, so a compiled generation step draws
+    exactly what the eager one draws. Returns LongTensor [B]."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        beyond = probs.cumsum(-1) - probs > top_p  # mass before it already exceeds p; top stays
-        logits = logits.masked_fill(beyond.scatter(-1, order, beyond), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    order = None
+    if top_p is not None and top_p < 1:  # in descending order: the nucleus is a prefix
+        logits, order = logits.sort(dim=-1, descending=True)
+        probs = logits.softmax(-1)
+        beyond = probs.cumsum(-1) - probs > top_p  # mass before it already exceeds p
+        logits = logits.masked_fill(beyond, float("-inf"))
+    cdf = logits.softmax(-1).cumsum(-1)  # [B, K]
+    # codes whose cdf is <= u * total lie before the pick (zero-mass codes never win)
+    i = (cdf <= (u * cdf[:, -1])[:, None]).sum(-1).clamp(max=logits.shape[-1] - 1)  # [B]
+    return i if order is None else order.gather(-1, i[:, None])[:, 0]

@@ -1,5 +1,6 @@
-"""Attention parts of the translation Transformer: rotary positions, the one mask helper, a
-key/value buffer for incremental decoding, self- and cross-attention, SwiGLU and the block.
+"""Attention parts of the translation Transformer: rotary positions, the one mask helper, the
+one-query attention of a generation step, self- and cross-attention, SwiGLU and the block
+(the key/value cache is :class:`mlmlmlm.nn.kv_buffer.KVBuffer`).
 
 Introduced with the model (mlmlmlm/models/transformer.py) in notebook 05_transformer.
 """
@@ -11,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mlmlmlm.nn.kv_buffer import KVBuffer
 
 Rope = tuple[Tensor, Tensor]  # (cos, sin), each [L, head_dim // 2]
 
@@ -75,63 +78,33 @@ def may_attend(query_pos: Tensor, key_pos: Tensor, lookahead: int = 0,
     return mask
 
 
-class KVBuffer:
-    """Keys and values of one attention layer for a contiguous run of positions.
+def attend_one(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+               extra_k: Tensor | None, extra_v: Tensor) -> Tensor:
+    """Attention of one query per row over S keys plus one extra key that is always visible:
+    the generation step's path (a new position attends to the cache and to itself; a cross
+    query to the EMG and to the null key). Plain products, no copies of the cache, the same
+    shapes at every step.
 
-    Entries are appended in position order and forgotten from the front (``drop_before``), so the
-    live positions are always ``start .. end - 1``. Storage is preallocated and reused: when it
-    runs out, the live entries move to the front (or into storage twice their size), which costs
-    O(1) per appended entry amortised and keeps memory at most ~4x the live entries.
+    Parameters
+    ----------
+    q : [N, H, hd]
+    k, v : [N, H, S, hd] (S may be 0)
+    mask : [S] bool (True = may attend) or None (all visible)
+    extra_k : [N, H, hd], or None for the null key (a zero key: score 0)
+    extra_v : [N, H, hd] or [H, hd] (broadcast over N)
+
+    Returns
+    -------
+    [N, H, hd]
     """
-
-    def __init__(self) -> None:
-        self._k: Tensor | None = None  # [B, H, capacity, hd]
-        self._v: Tensor | None = None
-        self._lo = self._hi = 0  # live storage slots [lo, hi)
-        self.start = 0  # absolute position of slot lo
-
-    def __len__(self) -> int:
-        return self._hi - self._lo
-
-    @property
-    def end(self) -> int:
-        """One past the newest live position."""
-        return self.start + len(self)
-
-    @property
-    def capacity(self) -> int:
-        return 0 if self._k is None else self._k.shape[2]
-
-    def append(self, k: Tensor, v: Tensor) -> None:
-        """Append ``k``, ``v`` [B, H, n, hd] at positions ``end .. end + n - 1``."""
-        n = k.shape[2]
-        if self._hi + n > self.capacity:
-            live, need = len(self), len(self) + n
-            if 2 * need > self.capacity:  # grow: fresh storage, twice what is needed
-                shape = (k.shape[0], k.shape[1], max(2 * need, 16), k.shape[3])
-                new_k, new_v = k.new_empty(shape), v.new_empty(shape)
-            else:  # compact in place: live entries to the front
-                new_k, new_v = self._k, self._v
-            if live:
-                new_k[:, :, :live] = self._k[:, :, self._lo:self._hi].clone()
-                new_v[:, :, :live] = self._v[:, :, self._lo:self._hi].clone()
-            self._k, self._v, self._lo, self._hi = new_k, new_v, 0, live
-        self._k[:, :, self._hi:self._hi + n] = k
-        self._v[:, :, self._hi:self._hi + n] = v
-        self._hi += n
-
-    def drop_before(self, pos: int) -> None:
-        """Forget the entries at positions < ``pos``."""
-        d = min(max(pos - self.start, 0), len(self))
-        self._lo += d
-        self.start += d
-
-    def span(self, p0: int, p1: int) -> tuple[Tensor, Tensor, int]:
-        """Views of the live entries at positions [p0, p1) (clipped): k, v [B, H, n, hd], first."""
-        p0 = max(p0, self.start)
-        p1 = max(min(p1, self.end), p0)
-        a, b = self._lo + p0 - self.start, self._lo + p1 - self.start
-        return self._k[:, :, a:b], self._v[:, :, a:b], p0
+    scale = q.shape[-1] ** -0.5
+    scores = (q[:, :, None, :] @ k.transpose(-2, -1))[:, :, 0] * scale  # [N, H, S]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    first = (q * extra_k).sum(-1, keepdim=True) * scale if extra_k is not None \
+        else scores.new_zeros(*scores.shape[:2], 1)  # [N, H, 1]
+    w = torch.softmax(torch.cat([first, scores], -1), -1)  # [N, H, 1 + S]
+    return w[..., :1] * extra_v + (w[:, :, None, 1:] @ v)[:, :, 0]
 
 
 class SelfAttention(nn.Module):
@@ -202,33 +175,18 @@ class CrossAttention(nn.Module):
         q = apply_rope(self.q(x).view(B, L, self.n_heads, hd).transpose(1, 2), rope)  # [B,H,L,hd]
         n = k.shape[2]
         null_v = self.null_value[None, :, None, :].to(v.dtype)  # [1, H, 1, hd]
-        if 4 * L < n:  # a few queries (a generation step): copying K/V would cost more
-            y = self._few_queries(q[:Bk], k, v, null_v, mask)
-        else:
-            # the null key (zeros: score 0) and its learned value go first: [Bk, H, 1 + n, hd]
-            k = torch.cat([k.new_zeros(Bk, self.n_heads, 1, hd), k], dim=2)
-            v = torch.cat([null_v.expand(Bk, -1, -1, -1), v], dim=2)
-            if mask is not None:  # the null column is always visible
-                mask = mask.expand(Bk, 1, L, n)  # [L, n] or [Bk, 1, L, n]
-                mask = torch.cat([mask.new_ones(Bk, 1, L, 1), mask], dim=-1)  # [Bk,1,L,1+n]
-            # one fused kernel (scores, softmax, weighted sum), not four [Bk, H, L, n] tensors
-            y = F.scaled_dot_product_attention(q[:Bk], k, v, attn_mask=mask,
-                                               dropout_p=self.dropout if self.training else 0.0)
+        # the null key (zeros: score 0) and its learned value go first: [Bk, H, 1 + n, hd]
+        k = torch.cat([k.new_zeros(Bk, self.n_heads, 1, hd), k], dim=2)
+        v = torch.cat([null_v.expand(Bk, -1, -1, -1), v], dim=2)
+        if mask is not None:  # the null column is always visible
+            mask = mask.expand(Bk, 1, L, n)  # [L, n] or [Bk, 1, L, n]
+            mask = torch.cat([mask.new_ones(Bk, 1, L, 1), mask], dim=-1)  # [Bk, 1, L, 1 + n]
+        # one fused kernel (scores, softmax, weighted sum), not four [Bk, H, L, n] tensors
+        y = F.scaled_dot_product_attention(q[:Bk], k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
         if Bk < B:  # EMG-dropped rows: softmax over the null key alone is exactly 1
             y = torch.cat([y, null_v.expand(B - Bk, -1, L, -1)], dim=0)
         return self.out(y.transpose(1, 2).reshape(B, L, d))  # [B, H, L, hd] -> [B, L, d]
-
-
-    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor, null_v: Tensor,
-                     mask: Tensor | None) -> Tensor:
-        """The same attention, scores first: q [Bk, H, L, hd] over k, v [Bk, H, n, hd] and the
-        null key (score 0, value ``null_v``) without copying K/V; returns [Bk, H, L, hd]."""
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [Bk, H, L, n]
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        w = torch.softmax(torch.cat([scores.new_zeros(*scores.shape[:-1], 1), scores], -1), -1)
-        w = F.dropout(w, self.dropout, self.training)
-        return w[..., :1] * null_v + w[..., 1:] @ v
 
 
 class SwiGLU(nn.Module):
@@ -266,25 +224,38 @@ class Block(nn.Module):
         """This layer's cross keys/values of EMG embeddings [B, n, d] -> 2 x [B, H, n, hd]."""
         return self.cross.project_kv(self.norm_emg(emg), rope)
 
-    def step_one(self, x: Tensor, keys: Tensor, values: Tensor, i: int) -> Tensor:
-        """Generation fast path of a block without cross-attention or rotation (the depth
-        head's): one new position ``x`` [N, d] writes its key/value to slot ``i`` of ``keys``,
-        ``values`` [N, H, S, hd] and attends to slots 0..i. Equals ``forward`` with a
-        :class:`KVBuffer` holding those slots, in eval mode (tested through
-        ``DepthHead.sample``); the same operations without the module calls, ~20 % less time
-        for a level of the cpu depth head."""
+    def one(self, x: Tensor, rope: Rope | None, keys: Tensor, values: Tensor,
+            mask: Tensor | None, cross: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """One new position per row, the generation step (eval mode: no dropout): ``x`` [N, d]
+        attends to the cached ``keys``, ``values`` [N, H, S, hd] where ``mask`` [S] (True = may
+        attend; None: all) and to its own key, then, with ``cross`` = (rope, k, v, mask) of the
+        EMG ([Bk, H, n, hd], mask [n]), to the EMG of its first Bk rows and the null key (rows
+        Bk: see the null key alone). Equals ``forward`` with a :class:`KVBuffer` holding the
+        visible keys (tested through the cached generation). Returns the new ``x`` [N, d] and
+        this position's key and value [N, H, hd], for the caller to store."""
         N, d = x.shape
-        H = self.self_attn.n_heads
+        att = self.self_attn
+        H = att.n_heads
         a = F.rms_norm(x, (d,), self.norm_self.weight, self.norm_self.eps)
-        qkv = F.linear(a, self.self_attn.qkv.weight).view(N, 3, H, d // H)
-        keys[:, :, i], values[:, :, i] = qkv[:, 1], qkv[:, 2]
-        y = F.scaled_dot_product_attention(qkv[:, 0, :, None], keys[:, :, :i + 1],
-                                           values[:, :, :i + 1])  # [N, H, 1, hd]
-        x = x + F.linear(y.reshape(N, d), self.self_attn.out.weight)
+        q, k, v = F.linear(a, att.qkv.weight).view(N, 3, H, d // H).unbind(1)  # [N, H, hd]
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        x = x + F.linear(attend_one(q, keys, values, mask, k, v).reshape(N, d), att.out.weight)
+        if cross is not None:
+            c_rope, ek, ev, e_mask = cross
+            ca, Bk = self.cross, ek.shape[0]
+            a = F.rms_norm(x, (d,), self.norm_cross.weight, self.norm_cross.eps)
+            qc = apply_rope(F.linear(a, ca.q.weight).view(N, H, d // H), c_rope)
+            null_v = ca.null_value.to(ev.dtype)  # [H, hd]
+            y = attend_one(qc[:Bk], ek, ev, e_mask, None, null_v)  # [Bk, H, hd]
+            if Bk < N:  # EMG-dropped rows: the null value alone
+                y = torch.cat([y, null_v.expand(N - Bk, -1, -1)])
+            x = x + F.linear(y.reshape(N, d), ca.out.weight)
         a = F.rms_norm(x, (d,), self.norm_ffn.weight, self.norm_ffn.eps)
         ffn = self.ffn
-        return x + F.linear(F.silu(F.linear(a, ffn.w1.weight)) * F.linear(a, ffn.w3.weight),
-                            ffn.w2.weight)
+        x = x + F.linear(F.silu(F.linear(a, ffn.w1.weight)) * F.linear(a, ffn.w3.weight),
+                         ffn.w2.weight)
+        return x, k, v
 
     def forward(self, x: Tensor, rope: Rope | None, mask: Tensor | None = None,
                 buffer: KVBuffer | None = None, cross_rope: Rope | None = None,

@@ -41,7 +41,7 @@ book: install
 	$(BIN)/mlmlmlm book
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 smoke: install
 	$(BIN)/mlmlmlm book --smoke

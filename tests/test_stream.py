@@ -9,6 +9,7 @@ import torch
 from mlmlmlm.data.preprocess import filter_emg
 from mlmlmlm.live.latency import streaming_rtf
 from mlmlmlm.models.codec import Codec, CodecConfig
+from mlmlmlm.models.frozen_codec import CompiledFrames, compile_stream, inference_copy
 from mlmlmlm.models.transformer import TransformerConfig, TranslationTransformer
 from mlmlmlm.stream import StreamError, Translator
 from mlmlmlm.translate import EmgPrep
@@ -170,20 +171,24 @@ def test_a_minute_keeps_the_caches_bounded(codecs):
           f"{np.median(times[:n // 4]) * 1e3:.2f} / {np.median(times[-n // 4:]) * 1e3:.2f} ms")
 
 
-@pytest.mark.slow  # torch.compile of the tiny step and of the toy codecs' one-frame graphs
-def test_compiled_translator_equals_eager(codecs):
-    emg, prompt = signals(60)
-    runs = []
-    for compiled in (False, True):
-        t = Translator(tiny_model("frame"), *codecs, top_p=0.9, max_cache_frames=16,
-                       compile=compiled)
-        logits = with_logits(t)
-        head, audio = translate(t, emg, prompt, 4 * HOP)  # Bela-like chunks of 4 frames
-        runs.append((head, audio, logits, t.generated_codes()))
-    (h0, a0, l0, c0), (h1, a1, l1, c1) = runs
-    assert np.array_equal(c0, c1) and c0.shape[1] == 60
-    assert max((x - y).abs().max().item() for x, y in zip(l0, l1)) < TOL
-    assert np.abs(h0 - h1).max() < TOL and np.abs(a0 - a1).max() < TOL
+@pytest.mark.slow  # torch.compile of the toy audio decoder's one-frame graph (~15 s)
+def test_compiled_frames_equal_the_eager_stream(codecs):
+    """What Translator(compile=True) does to its codec copies, on the audio decoder: chunks of
+    any size through the one-frame graph, the first chunk and offline calls eager."""
+    eager, compiled = inference_copy(codecs[0]), inference_copy(codecs[0])
+    compile_stream(compiled)
+    z = torch.randint(0, K, (1, N_Q, 16), generator=torch.Generator().manual_seed(0))
+    outs = []
+    with torch.inference_mode():
+        for c in (eager, compiled):
+            c.reset_stream()
+            parts = [c.decode_codes_stream(z[..., i:j]) for i, j in
+                     [(0, 1), (1, 5), (5, 8), (8, 9), (9, 13), (13, 16)]]
+            outs.append((torch.cat(parts, -1), c.decode_codes(z[..., :5])))  # then offline
+    (s0, o0), (s1, o1) = outs
+    assert s0.shape[-1] == 16 * HOP and o0.shape[-1] == 5 * HOP
+    assert (s0 - s1).abs().max() < 1e-5 and (o0 - o1).abs().max() < 1e-5
+    assert isinstance(compiled.decoder, CompiledFrames)
 
 
 # ---- decoding -----------------------------------------------------------------------------------

@@ -229,8 +229,10 @@ class CompiledFrames(nn.Module):
                 or n > self.MAX_COMPILED_FRAMES or x.shape[-1] % self.unit):
             return self.module(x)
         u = self.unit
-        # contiguous: a slice's strides are the chunk's, and the graph is guarded on strides
-        return torch.cat([self.compiled(x[..., i * u:(i + 1) * u].contiguous())
+        # fresh storage: a slice keeps the chunk's strides (even of size-1 dimensions), and the
+        # graph is guarded on strides, so every chunk length would compile again
+        shape = (*x.shape[:-1], u)
+        return torch.cat([self.compiled(x.new_empty(shape).copy_(x[..., i * u:(i + 1) * u]))
                           for i in range(n)], dim=-1)
 
 

@@ -357,10 +357,15 @@ def test_compiled_step_equals_eager_step():
     for compiled in (False, True):
         m.compile_generation(compiled)
         cache = m.new_cache(1, max_cache_frames=6, ring=True)
-        m.append_emg(cache, e)
+        m.append_emg(cache, e[:, :, :4])
         m.prime(cache, a[:, :, :3])
         g = torch.Generator().manual_seed(0)
-        runs.append([m.step(cache, top_p=0.9, generator=g) for _ in range(30)])  # 5 windows
+        steps = []
+        for t in range(3, 33):  # 5 windows; EMG 2 frames at a time, a frame ahead at times
+            if cache.n_emg < t + 2:
+                m.append_emg(cache, e[:, :, cache.n_emg:cache.n_emg + 2])
+            steps.append(m.step(cache, top_p=0.9, generator=g))
+        runs.append(steps)
     m.compile_generation(False)
     assert m._compiled is None
     assert all(torch.equal(x.codes, y.codes) for x, y in zip(*runs))

@@ -19,7 +19,7 @@ from mlmlmlm.nn.attention import may_attend
 from mlmlmlm.nn.kv_buffer import KVBuffer
 
 
-RING_SLACK = 64  # ring caches: entries beyond the window (EMG ahead, a prompt piece)
+RING_SLACK = 16  # ring caches: entries beyond the window (EMG ahead, a prompt piece)
 
 
 class CachedGeneration:

@@ -79,6 +79,10 @@ class Translator:
         minute on 2 cores, less from inductor's cache) and not in the first phrase. The audio is
         the eager path's to float rounding. A new guidance weight or sampling setting compiles
         again at its first frame.
+    ring : fixed ring caches of the window (:meth:`~mlmlmlm.models.generation.CachedGeneration.new_cache`),
+        every step the same shapes. None (default): with ``compile`` only, which needs them; an
+        eager step is cheaper over growing caches while a phrase is shorter than the window
+        (a ring attends over all its slots from the first frame).
 
     Attributes
     ----------
@@ -94,7 +98,7 @@ class Translator:
                  guidance: float = 1.0, seed: int = 0, max_cache_frames: int | None = None,
                  min_prompt_frames: int = MIN_PROMPT_FRAMES,
                  emg_prep: Callable[[np.ndarray], np.ndarray] | None = None,
-                 compile: bool = False):
+                 compile: bool = False, ring: bool | None = None):
         check_compatible(model, audio_codec, emg_codec)
         if model.training:
             raise StreamError("the translation model must be in eval mode (model.eval())")
@@ -114,6 +118,9 @@ class Translator:
         self.min_prompt_frames, self.emg_prep = min_prompt_frames, emg_prep
         self.on_step: Callable[[StepOutput], None] | None = None
         self.compiled = bool(compile)
+        self.ring = self.compiled if ring is None else bool(ring)
+        if self.compiled and not self.ring:
+            raise StreamError("a compiled translator needs ring caches (ring=True)")
         self.reset()
         if compile:
             model.compile_generation(True)
@@ -262,7 +269,7 @@ class Translator:
         self.reset()
         cfg = self.model.cfg
         self.cache = self.model.new_cache(1, guided=self.guidance != 1,
-                                          max_cache_frames=self.max_cache_frames, ring=True)
+                                          max_cache_frames=self.max_cache_frames, ring=self.ring)
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
         if prompt_audio is None:
             if not cfg.bos:

@@ -10,6 +10,7 @@ from mlmlmlm.data.preprocess import filter_emg
 from mlmlmlm.live.latency import streaming_rtf
 from mlmlmlm.models.codec import Codec, CodecConfig
 from mlmlmlm.models.frozen_codec import CompiledFrames, compile_stream, inference_copy
+from mlmlmlm.models.generation import RING_SLACK
 from mlmlmlm.models.transformer import TransformerConfig, TranslationTransformer
 from mlmlmlm.stream import StreamError, Translator
 from mlmlmlm.translate import EmgPrep
@@ -169,6 +170,24 @@ def test_a_minute_keeps_the_caches_bounded(codecs):
     times = np.asarray(t.frame_times)
     print(f"60 s: {n} frames, per-frame median first/last quarter "
           f"{np.median(times[:n // 4]) * 1e3:.2f} / {np.median(times[-n // 4:]) * 1e3:.2f} ms")
+
+
+def test_ring_caches_change_nothing(codecs):
+    """The compiled translator's caches (rings of fixed shape), eager: the same codes, logits
+    and audio as growing caches, in chunks that run ahead of generation and wrap the window."""
+    emg, prompt = signals(60)
+    runs = []
+    for ring in (False, True):
+        t = Translator(tiny_model("frame", lookahead=1), *codecs, top_p=0.9, max_cache_frames=9,
+                       ring=ring)
+        logits = with_logits(t)
+        head, audio = translate(t, emg, prompt, 5 * HOP + 3)
+        runs.append((head, audio, logits, t.generated_codes(), t.cache.size()))
+    (h0, a0, l0, c0, s0), (h1, a1, l1, c1, s1) = runs
+    assert np.array_equal(c0, c1) and c0.shape[1] == 60
+    assert max((x - y).abs().max().item() for x, y in zip(l0, l1)) < TOL
+    assert np.abs(h0 - h1).max() < TOL and np.abs(a0 - a1).max() < TOL
+    assert s1["self_capacity"] == 9 + RING_SLACK and s1["emg_capacity"] == 9 + 1 + RING_SLACK
 
 
 @pytest.mark.slow  # torch.compile of the toy audio decoder's one-frame graph (~15 s)

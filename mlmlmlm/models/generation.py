@@ -186,16 +186,14 @@ class CachedGeneration:
             K, levels, logits = cfg.codebook_size, [], []
             for q in range(cfg.n_q):
                 h = self._feed_one(cache, cache.pending)  # [rows, d], predicts level q
-                lg = self._guide(h @ self.head.weight[q * K:(q + 1) * K].T, B, guidance)
-                c = codes[:, q] if codes is not None else sample_uniform(
-                    lg, u[q], temperature, top_k, top_p)
-                logits.append(lg)
-                levels.append(c)
-                cache.pending = (c + q * K).repeat(h.shape[0] // B)[:, None]  # [rows, 1]
+                c = self._choose(h @ self.head.weight[q * K:(q + 1) * K].T, q, logits, u,
+                                 codes, *sampling)  # [rows]
+                levels.append(c[:B])
+                cache.pending = (c + q * K)[:, None]  # [rows, 1]
             out, lg = torch.stack(levels, 1), torch.stack(logits, 1)
         else:
             h = self._feed_one(cache, cache.pending)  # [rows, d], predicts the whole frame
-            head = self._frame_head_fn(cache)
+            head = self._compiled_or("head", cache)
             out, lg = head(h, u, codes, *sampling)  # [B, n_q], [B, n_q, K]
             cache.pending = out.repeat(h.shape[0] // B, 1)[:, :, None]  # [rows, n_q, 1]
         cache.n_frames += 1
@@ -226,15 +224,13 @@ class CachedGeneration:
             s_pos, e_pos = rings[0][0][2], rings[1][0][2]  # every layer: the same slots
             s_mask = s_pos > pos - self._self_window(W)  # [C]: the window's older positions
             e_mask = (e_pos > newest - W) & (e_pos <= newest)  # [C_e]: EMG may run ahead
-            trunk = self._compiled["trunk"] if getattr(self, "_compiled", None) else self._trunk_one
         else:
             none = x.new_zeros(x.shape[0], cfg.n_heads, 0, cfg.head_dim)  # before any position
             selfs = [b.span(b.start, b.end)[:2] if len(b) else (none, none) for b in cache.self_kv]
             emgs = [b.span(0 if W is None else newest - W + 1, newest + 1)[:2]
                     for b in cache.emg_kv]
             s_mask = e_mask = None
-            trunk = self._trunk_one
-        h, new = trunk(x, rope, cross_rope, selfs, s_mask, emgs, e_mask)
+        h, new = self._compiled_or("trunk", cache)(x, rope, cross_rope, selfs, s_mask, emgs, e_mask)
         for buffer, (k, v) in zip(cache.self_kv, new):
             buffer.append(k[:, :, None], v[:, :, None])
         cache.n_fed += 1
@@ -260,20 +256,30 @@ class CachedGeneration:
         [rows, d], uniforms [n_q, B] (or the given ``codes`` [B, n_q]) -> codes [B, n_q] and
         the guided logits [B, n_q, K]."""
         logits: list[Tensor] = []
-
-        def pick(lg: Tensor, q: int) -> Tensor:  # [rows, K] -> chosen codes [rows]
-            lg = self._guide(lg, B, guidance)
-            logits.append(lg)
-            c = codes[:, q] if codes is not None else sample_uniform(
-                lg, u[q], temperature, top_k, top_p)
-            return c.repeat(h.shape[0] // B)  # both paths of a guided batch get the same code
-
-        out = self.depth.sample(h, pick)  # [rows, n_q]
+        out = self.depth.sample(h, lambda lg, q: self._choose(
+            lg, q, logits, u, codes, temperature, top_k, top_p, guidance, B))  # [rows, n_q]
         return out[:B], torch.stack(logits, 1)
 
-    def _frame_head_fn(self, cache: GenerationCache):
+    def _choose(self, lg: Tensor, q: int, logits: list[Tensor], u: Tensor | None,
+                codes: Tensor | None, temperature: float, top_k: int | None,
+                top_p: float | None, guidance: float, B: int) -> Tensor:
+        """Level q's code from its logits [rows, K]: guided to [B, K] (appended to ``logits``),
+        then the given ``codes[:, q]`` or a draw with the uniforms ``u[q]``; returned for every
+        row [rows] (both paths of a guided batch are fed the same code)."""
+        copies = lg.shape[0] // B
+        lg = self._guide(lg, B, guidance)
+        logits.append(lg)
+        c = codes[:, q] if codes is not None else sample_uniform(lg, u[q], temperature, top_k,
+                                                                 top_p)
+        return c.repeat(copies)
+
+    def _compiled_or(self, part: str, cache: GenerationCache):
+        """The compiled ``part`` ("trunk" or "head") for a ring cache once
+        :meth:`compile_generation` ran, else the eager method."""
         compiled = getattr(self, "_compiled", None)
-        return compiled["head"] if compiled and cache.self_kv[0].ring_capacity else self._frame_head
+        if compiled and cache.self_kv[0].ring_capacity:
+            return compiled[part]
+        return self._trunk_one if part == "trunk" else self._frame_head
 
     def compile_generation(self, on: bool = True) -> None:
         """Run the steps of ring caches (``new_cache(..., ring=True)``) through

@@ -4,7 +4,7 @@ Introduced in notebook 01_dataset (README shows each command).
 
     mlmlmlm list                                  every <phase>/<run>
     mlmlmlm run <phase>/<run> [--smoke] [--force] [--scale cpu|paper] [--data-root DIR]
-    mlmlmlm book [--smoke] [--out DIR] [--only RUN ...] [--force]
+    mlmlmlm book [--smoke] [--out DIR] [--only RUN ...] [--force] [--jobs N]
     mlmlmlm data check PATH [--window-s 6]
     mlmlmlm data build [--out data/default] [--minutes N] [--seed S] [--smoke]
     mlmlmlm train <phase>/<run> [--scale cpu|paper|smoke] [--run-dir DIR] [--data-root DIR]
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, help="book root to write to")
     b.add_argument("--only", nargs="+", metavar="RUN", help="run only these <phase>/<run>")
     b.add_argument("--force", action="store_true", help="re-run up-to-date experiments too")
+    b.add_argument("--jobs", type=int, help="notebooks side by side, each after the runs it "
+                   "is built on (default: 2 with --smoke, else 1)")
 
     d = sub.add_parser("data", help="check or build datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
@@ -152,7 +154,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "book":
         from mlmlmlm.runbook import run_book
 
-        run_book(smoke=args.smoke, out=args.out, only=args.only, force=args.force)
+        run_book(smoke=args.smoke, out=args.out, only=args.only, force=args.force,
+                 jobs=args.jobs)
         return 0
     if args.cmd == "data":
         if args.data_cmd == "check":

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +41,18 @@ from mlmlmlm.config import (
 from mlmlmlm.data.corpus import ensure_default
 from mlmlmlm.figures import FIGURE_DIR, results_figures
 from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table
+from mlmlmlm.run_page import finish_page
 from mlmlmlm.runs import write_placeholder_pages
+from mlmlmlm.schedule import run_in_order
 
 
 class RunbookError(RuntimeError):
     """A run failed; the message is one line naming the run and where to look."""
+
+
+# Runs side by side (``run_book(jobs=2)``) regenerate their phase's table and figures one at a
+# time: matplotlib's pyplot is not thread-safe.
+_RESULTS_LOCK = threading.Lock()
 
 
 def git_sha() -> str:
@@ -174,76 +181,11 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(card_path, card)
-    write_results(cfg.phase, root)
+    with _RESULTS_LOCK:
+        write_results(cfg.phase, root)
     if status != "ok":
         raise RunbookError(f"{run}: notebook failed at {error} (see {out_nb})")
     return card
-
-
-# How a run page shows its plumbing: the parameter cells go (the run card keeps the values);
-# every other cell shows its output with its code one click away (Jupyter Book's toggle).
-PLUMBING_TAGS = ("parameters", "injected-parameters")
-
-# Folders of Python's libraries that outputs name (a warning's ``.../site-packages/tqdm/auto.py``).
-_PYTHON_LIB = re.compile(r"/(?:(?:site-packages|dist-packages|lib/python3\.\d+)/)+")
-_PATH_START = re.compile(r"[\s\"'\\:<>=(\[]")  # what precedes an absolute path in text
-
-
-def finish_page(page: Path, cfg: RunConfig, root: Path) -> None:
-    """The executed page as a reader meets it: the run's title in its first heading, the
-    parameter cells removed and code inputs hidden, no folder of the build machine in it."""
-    import nbformat
-
-    if not page.exists():
-        return
-    nb = nbformat.read(page, as_version=4)
-    retitle(nb, cfg)
-    hide_plumbing(nb)
-    text = scrub_paths(nbformat.writes(nb), (root, REPO_ROOT))
-    write_text_atomic(page, text)
-
-
-def retitle(nb, cfg: RunConfig) -> None:
-    """Put the run's title in the page's first heading, so the book's sidebar tells the runs of
-    a chapter apart (``# Audio codec run`` -> ``# A RVQ-VAE 1 — Audio codec run``)."""
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and cell.source.startswith("# "):
-            head, _, rest = cell.source.partition("\n")
-            title = head[2:].split(" — ", 1)[-1]
-            cell.source = f"# {cfg.title or cfg.name} — {title}\n{rest}"
-            break
-
-
-def hide_plumbing(nb) -> None:
-    """Tag the cells for Jupyter Book: ``remove-cell`` on the parameters cell and papermill's
-    injected one (the paths and config they hold are on the run card), ``hide-input`` on every
-    other code cell (setup and imports first): the page opens with the run's description and
-    its figures, and a reader unfolds the code that made them."""
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        tags = list(cell.metadata.get("tags", []))
-        want = "remove-cell" if any(t in tags for t in PLUMBING_TAGS) else "hide-input"
-        if want not in tags:
-            cell.metadata["tags"] = tags + [want]
-
-
-def scrub_paths(text: str, roots) -> str:
-    """``text`` with the book root's and the repository's absolute folders made relative and
-    Python's library folders (a warning's ``.../site-packages/tqdm/auto.py``) cut off."""
-    # from each library folder back to where its path starts (a literal search: the pages
-    # hold megabytes of base64 that a backtracking pattern would crawl)
-    cuts, last = [], 0
-    for m in _PYTHON_LIB.finditer(text):
-        start = m.start()
-        while start > last and not _PATH_START.match(text, start - 1):
-            start -= 1
-        cuts.append(text[last:start])
-        last = m.end()
-    text = "".join(cuts) + text[last:]
-    for r in sorted({str(Path(r).resolve()) for r in roots}, key=len, reverse=True):
-        text = re.sub(re.escape(r) + r"(?![\w.-])", ".", text.replace(r + "/", ""))
-    return text
 
 
 def write_results(phase: str, root: Path | None = None) -> Path:
@@ -359,11 +301,15 @@ def build_book(root: Path, log: Callable[[str], None] = print) -> Path:
 
 
 def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | None = None,
-             force: bool = False, log: Callable[[str], None] = print) -> Path:
+             force: bool = False, jobs: int | None = None,
+             log: Callable[[str], None] = print) -> Path:
     """Run every experiment of every phase (or ``only`` these), then build the book.
 
     With ``smoke`` everything goes to ``out`` (default: a new temporary folder), not ``book/``.
-    Prints one line per run with its elapsed time. Returns the path of ``index.html``.
+    ``jobs`` notebooks run side by side, each after the runs it is built on
+    (:func:`run_needs`); by default 2 at the smoke size (its notebooks spend their time starting
+    kernels and importing, one core each) and 1 otherwise (a cpu-scale training takes every
+    core). Prints one line per run with its elapsed time. Returns the path of ``index.html``.
     """
     if smoke:
         root = prepare_root(Path(out) if out else Path(tempfile.mkdtemp(prefix="mlmlmlm-smoke-")))
@@ -372,21 +318,36 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
         if root != REPO_ROOT:
             prepare_root(root)
     runs = only or list_runs()
+    jobs = jobs or (min(2, os.cpu_count() or 1) if smoke else 1)
     data_root = ensure_default(root, smoke, progress=not smoke, log=log)
-    failures = []
-    t_all = time.time()
-    for i, run in enumerate(runs, 1):
-        t0 = time.time()
+    failures: list[str] = []
+    t_all, started, notes = time.time(), {}, {}
+
+    def one(run: str) -> None:
+        started[run] = time.time()
         try:
             skipped: list[str] = []
             run_experiment(run, smoke=smoke, force=force, root=root, data_root=data_root,
                            log=skipped.append)
-            note = "up to date" if skipped else "ok"
+            notes[run] = "up to date" if skipped else "ok"
         except RunbookError as exc:
             failures.append(str(exc))
-            note = "FAILED"
-        log(f"[{i}/{len(runs)}] {run}: {note} in {time.time() - t0:.0f} s "
-            f"(total {time.time() - t_all:.0f} s)")
+            notes[run] = "FAILED"
+
+    def finished(run: str, _result) -> None:
+        log(f"[{len(notes)}/{len(runs)}] {run}: {notes[run]} in {time.time() - started[run]:.0f}"
+            f" s (total {time.time() - t_all:.0f} s)")
+
+    # side by side, each kernel gets its share of the cores (two torch pools on two cores
+    # spin against each other)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if jobs > 1 and threads is None:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    try:
+        run_in_order(runs, run_needs(runs, "smoke" if smoke else "cpu"), one, jobs, finished)
+    finally:
+        if jobs > 1 and threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
     for phase in sorted({r.split("/")[0] for r in list_runs()}):
         write_results(phase, root)
     write_placeholder_pages(root)  # runs not in this build: their links still resolve
@@ -395,3 +356,14 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
     index = build_book(root, log)
     log(f"book: {index}")
     return index
+
+
+def run_needs(runs: list[str], scale: str) -> dict[str, set[str]]:
+    """``{run: the runs it is built on}``: the ``<phase>/<run>`` names its sections declare
+    (:func:`upstream_checkpoints`), a translation run's codecs and the live record's presets."""
+    needs = {}
+    for run in runs:
+        cfg = load_run_config(run, scale)
+        needs[run] = {ref for s in cfg.sections.values()
+                      for ref in getattr(s, "upstream_runs", list)() if ref.count("/") == 1}
+    return needs

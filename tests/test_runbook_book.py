@@ -334,7 +334,7 @@ def test_run_page_hides_plumbing_and_names_no_build_folder(tmp_path):
     import nbformat
 
     from mlmlmlm.config import load_run_config
-    from mlmlmlm.runbook import finish_page
+    from mlmlmlm.run_page import finish_page
 
     root = tmp_path / "smoke-root"
     nb = nbformat.v4.new_notebook(cells=[
@@ -363,7 +363,7 @@ def test_run_page_hides_plumbing_and_names_no_build_folder(tmp_path):
     # a page holds megabytes of base64 (players, figures): scrubbing it stays a literal search
     import time
 
-    from mlmlmlm.runbook import scrub_paths
+    from mlmlmlm.run_page import scrub_paths
 
     t0 = time.perf_counter()
     assert scrub_paths("ab/" * 2_000_000, [root]) == "ab/" * 2_000_000

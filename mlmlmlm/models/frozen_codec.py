@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 
 from mlmlmlm.models.codec import Codec
 from mlmlmlm.nn.cached import CausalConv1d, CausalConvTranspose1d, _Cache
+from mlmlmlm.nn.compile import compile_frozen
 from mlmlmlm.nn.layers import SNAKE_EPS, Snake
 from mlmlmlm.nn.quantize import BottleneckOutput
 
@@ -220,8 +221,7 @@ class CompiledFrames(nn.Module):
         super().__init__()
         self.module, self.unit = module, unit
         self._state = next(m for m in module.modules() if isinstance(m, _Cache))  # its mode
-        self.compiled = torch.compile(module, fullgraph=False, dynamic=False,
-                                      options={"cpp_wrapper": True})
+        self.compiled = compile_frozen(module, fullgraph=False)
 
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[-1] // self.unit

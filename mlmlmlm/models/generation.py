@@ -16,8 +16,8 @@ from torch import Tensor
 
 from mlmlmlm.models.transformer_io import GenerationCache, StepOutput, flat_tokens, sample_uniform
 from mlmlmlm.nn.attention import may_attend
+from mlmlmlm.nn.compile import compile_frozen
 from mlmlmlm.nn.kv_buffer import KVBuffer
-
 
 RING_SLACK = 16  # ring caches: entries beyond the window (EMG ahead, a prompt piece)
 
@@ -74,13 +74,24 @@ class CachedGeneration:
         self._check(emg_codes, self.cfg.emg_n_q, self.cfg.emg_codebook_size, "EMG")
         if emg_codes.shape[0] != cache.batch_size:
             raise ValueError(f"EMG batch {emg_codes.shape[0]} != cache batch {cache.batch_size}")
-        emg, cache.emg_past = self._emg_context(self._embed_emg(emg_codes), cache.emg_past)
-        pos = torch.arange(cache.n_emg, cache.n_emg + emg.shape[1], device=emg.device)
-        rope = self._rope(pos, emg.dtype)
-        for block, buffer in zip(self.blocks, cache.emg_kv):
-            buffer.append(*block.emg_kv(emg, rope))
-        cache.n_emg += emg.shape[1]
+        n = emg_codes.shape[2]
+        pos = torch.arange(cache.n_emg, cache.n_emg + n, device=emg_codes.device)
+        # one frame (a stream's usual push) through the compiled graph; pieces of other
+        # lengths (a prompt's EMG, a burst) eager: a graph per length would compile each
+        emg_kv = self._compiled_or("emg", cache) if n == 1 else self._emg_kv
+        kv, cache.emg_past = emg_kv(emg_codes, cache.emg_past, pos)
+        for (k, v), buffer in zip(kv, cache.emg_kv):
+            buffer.append(k, v)
+        cache.n_emg += n
         self._forget(cache)
+
+    def _emg_kv(self, emg_codes: Tensor, past: Tensor | None, pos: Tensor
+                ) -> tuple[list[tuple[Tensor, Tensor]], Tensor | None]:
+        """EMG codes [B, emg_n_q, n] at positions ``pos`` [n], after the context ``past``
+        (see ``_emg_context``) -> every layer's cross k, v [B, H, n, hd] and the new past."""
+        emg, past = self._emg_context(self._embed_emg(emg_codes), past)
+        rope = self._rope(pos, emg.dtype)
+        return [block.emg_kv(emg, rope) for block in self.blocks], past
 
     def _forget(self, cache: GenerationCache) -> None:
         """Sliding window: drop what no later position may attend to."""
@@ -217,7 +228,6 @@ class CachedGeneration:
             x = self.bos.expand(inp.shape[0], -1)
         else:
             x = self._embed_audio(inp, p)[:, 0]  # [rows, d]
-        rope, cross_rope = self._rope(p, x.dtype), self._rope(self._query_frames(p), x.dtype)
         if cache.self_kv[0].ring_capacity:
             rings = [b.ring() for b in cache.self_kv], [b.ring() for b in cache.emg_kv]
             selfs, emgs = [r[:2] for r in rings[0]], [r[:2] for r in rings[1]]
@@ -230,19 +240,21 @@ class CachedGeneration:
             emgs = [b.span(0 if W is None else newest - W + 1, newest + 1)[:2]
                     for b in cache.emg_kv]
             s_mask = e_mask = None
-        h, new = self._compiled_or("trunk", cache)(x, rope, cross_rope, selfs, s_mask, emgs, e_mask)
+        h, new = self._compiled_or("trunk", cache)(x, p, selfs, s_mask, emgs, e_mask)
         for buffer, (k, v) in zip(cache.self_kv, new):
             buffer.append(k[:, :, None], v[:, :, None])
         cache.n_fed += 1
         self._forget(cache)
         return h
 
-    def _trunk_one(self, x: Tensor, rope, cross_rope, selfs: list[tuple[Tensor, Tensor]],
+    def _trunk_one(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, Tensor]],
                    s_mask: Tensor | None, emgs: list[tuple[Tensor, Tensor]],
                    e_mask: Tensor | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """x [rows, d] through every block (one position); per layer the cached self k, v
-        [rows, H, S, hd] and EMG k, v [B, H, n, hd] with their masks [S], [n] (None: all
-        visible) -> hidden state [rows, d] and each layer's new k, v [rows, H, hd]."""
+        """x [rows, d] at position ``p`` [1] through every block (one position); per layer the
+        cached self k, v [rows, H, S, hd] and EMG k, v [B, H, n, hd] with their masks [S], [n]
+        (None: all visible) -> hidden state [rows, d] and each layer's new k, v [rows, H, hd].
+        The rotary tables are made here, inside the compiled graph."""
+        rope, cross_rope = self._rope(p, x.dtype), self._rope(self._query_frames(p), x.dtype)
         new = []
         for block, (k, v), (ek, ev) in zip(self.blocks, selfs, emgs):
             x, k_new, v_new = block.one(x, rope, k, v, s_mask, (cross_rope, ek, ev, e_mask))
@@ -274,26 +286,26 @@ class CachedGeneration:
         return c.repeat(copies)
 
     def _compiled_or(self, part: str, cache: GenerationCache):
-        """The compiled ``part`` ("trunk" or "head") for a ring cache once
+        """The compiled ``part`` ("trunk", "head" or "emg") for a ring cache once
         :meth:`compile_generation` ran, else the eager method."""
         compiled = getattr(self, "_compiled", None)
         if compiled and cache.self_kv[0].ring_capacity:
             return compiled[part]
-        return self._trunk_one if part == "trunk" else self._frame_head
+        return {"trunk": self._trunk_one, "head": self._frame_head, "emg": self._emg_kv}[part]
 
     def compile_generation(self, on: bool = True) -> None:
         """Run the steps of ring caches (``new_cache(..., ring=True)``) through
-        ``torch.compile``: the trunk's one position and, for the frame layout, the depth head
-        with guidance and sampling, each one graph of fixed shapes (C++ wrapper, no Python
-        between kernels). The first step of each new shape compiles (tens of seconds on 2
+        ``torch.compile``: the trunk's one position, one frame of EMG keys/values and, for the
+        frame layout, the depth head with guidance and sampling, each one graph of fixed shapes
+        (C++ wrapper, no Python between kernels; :func:`~mlmlmlm.nn.compile.compile_frozen`). The first step of each new shape compiles (tens of seconds on 2
         cores); the results equal the eager step's to float rounding (tested). ``on=False``
         goes back to eager."""
         if not on:
             self._compiled = None
             return
-        opts = {"fullgraph": True, "dynamic": False, "options": {"cpp_wrapper": True}}
-        self._compiled = {"trunk": torch.compile(self._trunk_one, **opts),
-                          "head": torch.compile(self._frame_head, **opts)}
+        self._compiled = {"trunk": compile_frozen(self._trunk_one),
+                          "head": compile_frozen(self._frame_head),
+                          "emg": compile_frozen(self._emg_kv)}
 
     @torch.inference_mode()
     def generate(self, prompt_codes: Tensor | None, emg_codes: Tensor, n_frames: int,

@@ -183,7 +183,7 @@ def test_ring_caches_change_nothing(codecs):
         logits = with_logits(t)
         head, audio = translate(t, emg, prompt, 5 * HOP + 3)
         runs.append((head, audio, logits, t.generated_codes(), t.cache.size()))
-    (h0, a0, l0, c0, s0), (h1, a1, l1, c1, s1) = runs
+    (h0, a0, l0, c0, _), (h1, a1, l1, c1, s1) = runs
     assert np.array_equal(c0, c1) and c0.shape[1] == 60
     assert max((x - y).abs().max().item() for x, y in zip(l0, l1)) < TOL
     assert np.abs(h0 - h1).max() < TOL and np.abs(a0 - a1).max() < TOL

@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mlmlmlm.models.generation import RING_SLACK
 from mlmlmlm.models.transformer import (
     TransformerConfig,
     TranslationTransformer,
 )
-from mlmlmlm.models.generation import RING_SLACK
 from mlmlmlm.models.transformer_io import flat_tokens, sample_logits, sample_uniform
-from mlmlmlm.nn.kv_buffer import KVBuffer
 from mlmlmlm.nn.attention import apply_rope, may_attend, rope_tables
+from mlmlmlm.nn.kv_buffer import KVBuffer
 
 N_Q, K, N_QE, K_E = 3, 16, 2, 8
 TOL = 1e-4

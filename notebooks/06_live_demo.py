@@ -35,6 +35,7 @@ data_root = ""  # your data folder (only read); empty: the default corpus, built
 
 # %%
 from mlmlmlm import live_page as page
+from mlmlmlm.live.record import held_out_excerpt
 from mlmlmlm.notebook import setup
 
 S = setup(run, scale, smoke, config, run_dir, data_root)
@@ -62,7 +63,7 @@ trained = page.preset_run(S)
 # %%
 seconds = 3.0 if S.smoke else 12.0  # the excerpt
 threshold_db, playout_ms, prompt_s = 12.0, 40.0, 0.25
-excerpt = page.held_out_excerpt(S.data_root, S.cfg.eval.split, seconds, threshold_db) \
+excerpt = held_out_excerpt(S.data_root, S.cfg.eval.split, seconds, threshold_db) \
     if page.is_record(S) and not live else None
 records = page.record_section(S, excerpt, threshold_db=threshold_db, playout_ms=playout_ms,
                               prompt_s=prompt_s, live=live, seconds=seconds, board=board)

@@ -13,6 +13,7 @@ import pytest
 
 from mlmlmlm import live_page as page
 from mlmlmlm.config import REPO_ROOT, flatten, list_runs, load_run_config, merged_dict, read_yaml
+from mlmlmlm.live import record
 
 PHASE = "06_live_demo"
 
@@ -79,7 +80,7 @@ def test_trigger_levels_find_the_onset_and_not_the_noise():
     x = 1e-3 * rng.standard_normal(int(2 * sr)).astype(np.float32)  # -60 dBFS noise
     t = np.arange(int(sr)) / sr
     x[int(sr):] += (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # a note at 1.0 s
-    levels, times, onsets = page.trigger_levels(x, sr, threshold_db=9.0)
+    levels, times, onsets = record.trigger_levels(x, sr, threshold_db=9.0)
     assert len(levels) == len(times) and times[-1] == pytest.approx(2.0, abs=0.01)
     assert len(onsets) == 1 and 1.0 <= onsets[0] < 1.06
     assert levels[times < 0.9].max() < -50 and levels[times > 1.1].min() > -15
@@ -90,7 +91,7 @@ def test_phrase_spans_are_read_from_the_phrase_end_events():
         {"kind": "phrase_start", "phrase": 1},
         {"kind": "phrase_end", "phrase": 1, "start_pos": 150, "samples": 50, "reason": "silence"},
         {"kind": "phrase_end", "phrase": 2, "start_pos": None, "samples": 0, "reason": "stop"}])
-    assert page.phrase_spans(r) == [(1.5, 2.0, "silence")]
+    assert record.phrase_spans(r) == [(1.5, 2.0, "silence")]
 
 
 def test_aligned_input_starts_the_file_on_the_emulators_clock():
@@ -101,7 +102,7 @@ def test_aligned_input_starts_the_file_on_the_emulators_clock():
     started = []
     inner = SimpleNamespace(start=lambda sink, clock: started.append(clock), stop=lambda: None)
     src = SimpleNamespace(emulator=None)
-    a = page.AlignedInput(inner, src)
+    a = record.AlignedInput(inner, src)
     a.start(lambda item: None, Clock(1.0))
     time.sleep(0.05)
     assert started == []  # no EMG clock yet: the audio waits for it
@@ -119,16 +120,16 @@ def test_aligned_input_without_an_emg_clock_ends_the_audio():
 
     got = []
     inner = SimpleNamespace(start=lambda sink, clock: got.append("started"), stop=lambda: None)
-    a = page.AlignedInput(inner, SimpleNamespace(emulator=None), timeout_s=0.05)
+    a = record.AlignedInput(inner, SimpleNamespace(emulator=None), timeout_s=0.05)
     a.start(got.append, Clock(1.0))
     a._thread.join(2)
     assert got == [("audio_end",)]
 
 
 def test_held_out_excerpt_is_aligned_at_the_board_rate(smoke_corpus):
-    label, audio, emg = page.held_out_excerpt(smoke_corpus, "test", 1.5, threshold_db=9.0)
+    label, audio, emg = record.held_out_excerpt(smoke_corpus, "test", 1.5, threshold_db=9.0)
     assert audio.dtype == np.float32 and emg.shape == (6, len(audio))
-    assert len(audio) == round(1.5 * page.BOARD_SR) and np.isfinite(emg).all()
+    assert len(audio) == round(1.5 * record.BOARD_SR) and np.isfinite(emg).all()
     assert "@" in label and np.abs(audio).max() > 0
 
 
@@ -164,7 +165,7 @@ def test_a_record_through_the_engine_emulator_and_pybela(tmp_path, one_torch_thr
     trigger fires, one phrase plays where the EMG is, the session files read back whole."""
     from mlmlmlm.live.latency import EnvelopeTranslator
 
-    sr = page.BOARD_SR
+    sr = record.BOARD_SR
     n = int(2.0 * sr)
     rng = np.random.default_rng(1)
     audio = np.zeros(n, np.float32)
@@ -173,15 +174,15 @@ def test_a_record_through_the_engine_emulator_and_pybela(tmp_path, one_torch_thr
     emg = np.zeros((6, n), np.float32)
     emg[:, int(0.6 * sr):int(1.5 * sr)] = 0.3 * rng.standard_normal((6, int(0.9 * sr)))
     tr = EnvelopeTranslator(sr, 2756.25, 128, 16)
-    s = SimpleNamespace(run_dir=tmp_path, cfg=load_run_config(f"{PHASE}/live", "smoke"))
-    r = page.play(s, "low latency", tr, ("synthetic @ 0.0 s", audio, emg), threshold_db=9.0,
-                  playout_ms=150.0, prompt_s=0.1, lead_s=0.5)  # slack for a loaded machine
+    r = record.play(tmp_path, "low latency", f"{PHASE}/te2_frame_ll", tr,
+                    ("synthetic @ 0.0 s", audio, emg), threshold_db=9.0, playout_ms=150.0,
+                    prompt_s=0.1, lead_s=0.5)  # slack for a loaded machine
     assert r.summary["errors"] == [] and r.summary["phrases"] >= 1
     assert r.summary["underrun_blocks"] == 0
     onsets = [e for e in r.events if e.get("trigger") == "onset"]
     assert len(onsets) == 1 and onsets[0]["sample"] / sr == pytest.approx(1.0, abs=0.06)
     assert len(r.audio_in) == n + int(0.5 * sr)  # the lead, then the excerpt, read back
-    spans = page.phrase_spans(r)
+    spans = record.phrase_spans(r)
     assert spans and r.output.size >= int(spans[-1][1] * sr) - 256
     loud = np.abs(r.output) > 0.05
     # the EMG burst 1.1 s after the EMG clock's start, plus the playout delay, one buffer, a frame
@@ -225,16 +226,16 @@ def test_live_mode_reads_the_board_and_stops_cleanly_without_a_sound_card(tmp_pa
     sf.write(tone, (0.3 * (t >= 0.5) * np.sin(2 * np.pi * 220 * t)).astype(np.float32), int(sr))
     monkeypatch.setattr(io, "DeviceInput", lambda sr_, block: io.FileInput(tone, sr_, block))
     monkeypatch.setattr(io, "DeviceOutput", lambda ring, block, tap: io.ClockOutput(ring, block, tap))
-    s = SimpleNamespace(run_dir=tmp_path, cfg=load_run_config(f"{PHASE}/live", "smoke"))
     nothing = ("no excerpt", np.zeros(0, np.float32), np.zeros((6, 0), np.float32))
     with BelaEmulator(synthetic_emg(20.0), loop=True) as board:
-        r = page.play(s, "default", EnvelopeTranslator(), nothing, threshold_db=12.0,
-                      playout_ms=40.0, prompt_s=0.1, live=True, seconds=3.0,
-                      board=f"bela:127.0.0.1:{board.port}")
+        r = record.play(tmp_path, "default", "05_transformer/te2_frame", EnvelopeTranslator(),
+                        nothing, threshold_db=12.0, playout_ms=40.0, prompt_s=0.1, live=True,
+                        seconds=3.0, board=f"bela:127.0.0.1:{board.port}")
     emg, emg_sr = sf.read(r.folder / "emg.wav", dtype="float32")
     assert emg.shape[1] == 6 and emg.shape[0] > 1.5 * emg_sr  # the board's EMG, recorded
     assert np.abs(emg).max() > 0 and r.summary["phrases"] >= 1 and r.summary["disconnects"] == 0
-    assert json.loads((r.folder / "session.json").read_text())["settings"]["live"] is True
+    settings = json.loads((r.folder / "session.json").read_text())["settings"]
+    assert settings["live"] is True and settings["run"] == "05_transformer/te2_frame"
 
     class NoCard(io.FileInput):
         def start(self, sink, clock):
@@ -243,8 +244,8 @@ def test_live_mode_reads_the_board_and_stops_cleanly_without_a_sound_card(tmp_pa
     monkeypatch.setattr(io, "DeviceInput", lambda sr_, block: NoCard(tone, sr_, block))
     with BelaEmulator(synthetic_emg(5.0)) as board, \
             pytest.raises(io.AudioDeviceError, match="^no audio device: input: [^\n]*$"):
-        page.play(s, "low latency", EnvelopeTranslator(), nothing, threshold_db=12.0,
-                  playout_ms=40.0, prompt_s=0.1, live=True, seconds=3.0,
-                  board=f"bela:127.0.0.1:{board.port}")
+        record.play(tmp_path, "low latency", f"{PHASE}/te2_frame_ll", EnvelopeTranslator(),
+                    nothing, threshold_db=12.0, playout_ms=40.0, prompt_s=0.1, live=True,
+                    seconds=3.0, board=f"bela:127.0.0.1:{board.port}")
     assert not any(th.name == "engine" and th.is_alive() for th in threading.enumerate())
     assert (tmp_path / "session-ll" / "events.jsonl").is_file()  # the session so far, on disk

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlmlmlm.live.latency import EnvelopeTranslator, random_translator
+from mlmlmlm.live.latency import EnvelopeTranslator, compute_per_frame, random_translator
 from mlmlmlm.live.worker import TranslatorProcess, WorkerError
 
 
@@ -28,6 +28,13 @@ def test_a_real_translator_in_its_own_process_gives_the_same_audio(one_torch_thr
         with pytest.raises(type(_stream_error()), match="must be \\[6, n\\]"):
             there.push_emg(np.zeros((5, 32), np.float32))  # raised as itself, the child lives
         assert there.push_emg(emg[:, :here.emg_hop]).size == here.audio_hop
+        # a measurement run where the translator lives, one call over the pipe
+        calls = there.calls
+        lat = there.apply(compute_per_frame, 0.2)
+        assert lat["chunk_emg_samples"] == here.emg_hop and lat["rtf"] > 0
+        assert lat["frame_ms"]["n"] == round(0.2 * here.frame_rate) and there.calls == calls + 1
+        with pytest.raises(TypeError):  # the function's own error comes back as itself
+            there.apply(compute_per_frame, 0.2, 1, "extra")
     with pytest.raises(WorkerError, match="closed"):
         there.push_emg(emg)
 

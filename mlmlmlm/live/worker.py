@@ -13,7 +13,8 @@ How. :class:`TranslatorProcess` starts ``python -m mlmlmlm.live.worker`` (a fres
 which imports nothing of the caller's script, so no ``if __name__ == "__main__"`` guard is
 needed) on one end of a socket pair; the child builds the translator by calling
 ``factory(*args, **kwargs)`` (a module-level function, so it pickles), then serves ``reset``,
-``start``, ``push_emg``, ``flush`` and attribute reads over a pipe: one round trip per call,
+``start``, ``push_emg``, ``flush``, attribute reads and ``apply`` (a function of the translator,
+run there) over a pipe: one round trip per call,
 arrays pickled (a Bela buffer's EMG and its audio: a few kilobytes). An exception in the child
 comes back and is raised in the caller as itself (a ``StreamError`` stays a ``StreamError``).
 The child's own compute per call is kept in :attr:`TranslatorProcess.compute_s` so a caller can
@@ -89,6 +90,8 @@ def _serve(conn: Connection) -> None:
             if name == "set":
                 setattr(tr, *call_args)
                 out = None
+            elif name == "apply":  # fn(translator, *args), fn a module-level function
+                out = call_args[0](tr, *call_args[1:])
             else:
                 out = getattr(tr, name)(*call_args)
         except Exception as err:  # noqa: BLE001
@@ -158,6 +161,12 @@ class TranslatorProcess:
     def set(self, name: str, value) -> None:
         """Set an attribute of the translator in the child (e.g. ``guidance``)."""
         self._call("set", name, value)
+
+    def apply(self, fn: Callable, *args):
+        """``fn(translator, *args)`` run in the child on its translator, its result returned
+        (``fn`` module-level, so it pickles): a measurement of the translator where it runs,
+        e.g. :func:`mlmlmlm.live.latency.compute_per_frame`."""
+        return self._call("apply", fn, *args)
 
     def push_emg(self, emg: np.ndarray) -> np.ndarray:
         return self._call("push_emg", np.ascontiguousarray(emg, np.float32))

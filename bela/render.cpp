@@ -1,11 +1,24 @@
 // mlmlmlm on the board: six EMG sensors on Bela's analog inputs 0-5, served to pybela as the
 // Watcher<float> variables emg1..emg6, one value per analog frame (22050 Hz with 8 analog
-// channels). Build and run: see README.md beside this file. The host side is notebook
-// 06_live_demo (pybela.Streamer; without a board, mlmlmlm.live.emulator speaks the same protocol).
+// channels); or, built with MLMLMLM_INTERLEAVED=1, as one variable "emg" of 8 values per frame
+// (emg1..emg6, then two zeros), whose 1024-value buffers hold 128 frames: 5.8 ms of EMG a
+// buffer instead of 46 ms (the low-latency layout; the host finds it by itself). Build and run:
+// see README.md beside this file. The host side is notebook 06_live_demo (pybela.Streamer;
+// without a board, mlmlmlm.live.emulator speaks the same protocol, --interleaved for this one).
 #include <Bela.h>
 #include <Watcher.h> // Watcher.h + Watcher.cpp copied into this project (README.md)
 
+#ifndef MLMLMLM_INTERLEAVED
+#define MLMLMLM_INTERLEAVED 0
+#endif
+
 static constexpr unsigned int kNumEmg = 6;
+#if MLMLMLM_INTERLEAVED
+// One variable, kSlots values per analog frame (channels first): a dense buffer of 1024 values
+// is 128 whole frames, stamped with the analog frame of its first value.
+static constexpr unsigned int kSlots = 8;
+Watcher<float> emg("emg", WatcherManager::kTimestampBlock);
+#else
 // Channel names as the host expects them (mlmlmlm's emg1..emg6), registered in this order, so
 // the watcher's buffer ids 0..5 are emg1..emg6. Dense ("block") timestamps: one uint64 per
 // 1024-value buffer, the analog frame of its first value.
@@ -16,6 +29,7 @@ Watcher<float> emg4("emg4", WatcherManager::kTimestampBlock);
 Watcher<float> emg5("emg5", WatcherManager::kTimestampBlock);
 Watcher<float> emg6("emg6", WatcherManager::kTimestampBlock);
 static Watcher<float>* gEmg[kNumEmg] = {&emg1, &emg2, &emg3, &emg4, &emg5, &emg6};
+#endif
 
 // Analog input pin of each channel, in the corpus's placement order: emg1 right latissimus
 // dorsi, emg2 right wrist flexors, emg3 left wrist flexors, emg4 left wrist extensors, emg5
@@ -42,8 +56,9 @@ bool setup(BelaContext* context, void* userData)
 	// at which tick() is called below: the analog rate. (pybela's own examples pass
 	// audioSampleRate, which reports twice the true rate of analog-rate variables.)
 	Bela_getDefaultWatcherManager()->setup(context->analogSampleRate);
-	printf("mlmlmlm: streaming %u EMG channels at %.2f Hz (audio %.0f Hz, block %u frames)\n",
-	       kNumEmg, context->analogSampleRate, context->audioSampleRate, context->analogFrames);
+	printf("mlmlmlm: streaming %u EMG channels at %.2f Hz (audio %.0f Hz, block %u frames, %s)\n",
+	       kNumEmg, context->analogSampleRate, context->audioSampleRate, context->analogFrames,
+	       MLMLMLM_INTERLEAVED ? "interleaved: 128-frame buffers" : "one variable a channel");
 	return true;
 }
 
@@ -60,8 +75,16 @@ void render(BelaContext* context, void* userData)
 			float v = analogRead(context, n, kEmgPin[c]);
 			if(kCorpusUnits)
 				v = (v * kAdcFullScaleV - kSensorMidV) / kSensorMidV;
+#if MLMLMLM_INTERLEAVED
+			emg = v; // each assignment appends one value to the variable's buffer
+#else
 			*gEmg[c] = v;
+#endif
 		}
+#if MLMLMLM_INTERLEAVED
+		for(unsigned int c = kNumEmg; c < kSlots; ++c)
+			emg = 0.f; // the spare slots keep every frame kSlots values long
+#endif
 	}
 }
 

@@ -248,14 +248,15 @@ def production_stream(run: str, scale: str = "cpu", chunk_frames: int = 1,
 
 
 def bench_stream(run: str | None = None, seconds: float = 62.0, real_time_s: float | None = None,
-                 playout_ms: float = 40.0, compile: bool = False) -> dict:
+                 playout_ms: float = 40.0, compile: bool = False,
+                 interleaved: bool = False) -> dict:
     """Everything ``mlmlmlm bench stream --json`` prints: the live engine's per-frame compute,
     latency budget, end-to-end latency through the Bela emulator and pybela, and underruns
     (:func:`mlmlmlm.live.latency.bench_stream`; introduced in 06_live_demo)."""
     from mlmlmlm.live.latency import bench_stream as bench_live
 
     return bench_live(run, seconds=seconds, real_time_s=real_time_s, playout_ms=playout_ms,
-                      compile=compile)
+                      compile=compile, interleaved=interleaved)
 
 
 def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: float = 60.0,

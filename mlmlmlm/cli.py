@@ -9,7 +9,8 @@ Introduced in notebook 01_dataset (README shows each command).
     mlmlmlm data build [--out data/default] [--minutes N] [--seed S] [--smoke]
     mlmlmlm train <phase>/<run> [--scale cpu|paper|smoke] [--run-dir DIR] [--data-root DIR]
                   [--set KEY=VALUE ...] [--eval] [--force]     (no notebook; torchrun-able)
-    mlmlmlm bench codec|stream|transformer [--json] [--run <phase>/<run>]
+    mlmlmlm bench codec|stream|transformer [--json] [--run <phase>/<run>] [--compile]
+                  [--interleaved] [--playout-ms MS] [--real-time-s S]
     mlmlmlm translate --emg EMG.wav --prompt PROMPT.wav --out OUT.wav [--run 05_transformer/te2]
                   [--scale cpu] [--seconds N] [--temperature T] [--guidance W] [--seed S]
     mlmlmlm live --emg bela[:HOST]|file:PATH|emulator --audio-in device|file:PATH
@@ -86,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--compile", action="store_true",
                     help="stream, transformer: also measure the torch.compile'd translator (its "
                          "compute beside the eager one's, in one run; the underrun run with it)")
+    be.add_argument("--interleaved", action="store_true",
+                    help="stream: the board's one-variable EMG layout (128-frame buffers, 5.8 "
+                         "ms, instead of 1024: bela/render.cpp with MLMLMLM_INTERLEAVED=1)")
 
     tr = sub.add_parser("translate", help="EMG file + audio prompt -> viola WAV (streaming path)")
     tr.add_argument("--emg", type=Path, required=True, help="6-channel EMG WAV, any rate >= 1 kHz")
@@ -205,7 +209,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             else:
                 out = bench.bench_codec() if args.what == "codec" else bench.bench_stream(
                     args.run, seconds=args.seconds, real_time_s=args.real_time_s,
-                    playout_ms=args.playout_ms, compile=args.compile)
+                    playout_ms=args.playout_ms, compile=args.compile,
+                    interleaved=args.interleaved)
         except LiveError as err:
             print(f"mlmlmlm bench: {err}", file=sys.stderr)
             return 2

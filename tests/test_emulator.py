@@ -18,7 +18,15 @@ import pytest
 import soundfile as sf
 
 from mlmlmlm.data.records import DataError
-from mlmlmlm.live.emulator import BLOCK, DEFAULT_NAMES, BelaEmulator, Faults, main
+from mlmlmlm.live.emulator import (
+    BLOCK,
+    DEFAULT_NAMES,
+    INTERLEAVED_NAME,
+    SLOTS,
+    BelaEmulator,
+    Faults,
+)
+from mlmlmlm.live.emulator_cli import main
 
 
 def test_pybela_imports_in_the_project_env_with_numpy2():
@@ -160,6 +168,33 @@ def test_stream_delivers_the_samples_in_order_at_the_rate(connect, tmp_path, sou
         for _, stamp, t in arrivals:
             due = e.frame_time(stamp + BLOCK)
             assert due - 1e-3 <= t < due + 1.0
+
+
+def test_interleaved_layout_streams_128_frame_buffers_in_order_and_intact(connect):
+    """One variable ``emg`` of SLOTS values a frame (channels, then zeros): pybela parses its
+    dense buffers like any other, each 1024 values = 128 whole frames, stamped by first frame."""
+    frames = BLOCK // SLOTS
+    n_blocks, emg = 24, random_emg(24 * (BLOCK // SLOTS) - 50)
+    faults = Faults(nan_every=5, nan_len=8, nan_offset=100)
+    with BelaEmulator(emg, 22050.0, speed=8.0, loop=False, interleaved=True,
+                      faults=faults) as e:
+        s = connect(e)
+        assert [v["name"] for v in s.watcher_vars] == [INTERLEAVED_NAME]
+        queue = stream(s, n_blocks)
+        bufs = queue[INTERLEAVED_NAME][:n_blocks]
+        assert [b["ref_timestamp"] for b in bufs] == [k * frames for k in range(n_blocks)]
+        x = np.concatenate([np.asarray(b["data"], np.float32).reshape(frames, SLOTS)
+                            for b in bufs])  # [frames, SLOTS]
+        assert (x[:, 6:] == 0).all()  # the two spare slots
+        want = expected(emg, n_blocks * frames, loop=False)
+        assert e.nan_frames == [(b * frames + 100, b * frames + 108) for b in (4, 9, 14, 19)]
+        for a, b in e.nan_frames:
+            want[:, a:b] = np.nan
+        np.testing.assert_array_equal(x[:, :6].T, want)
+    with pytest.raises(ValueError, match="outside a buffer of 128 frames"):
+        BelaEmulator(emg, interleaved=True, faults=Faults(nan_offset=120, nan_len=16))
+    with pytest.raises(ValueError, match="at most 8 channels"):
+        BelaEmulator(random_emg(100, c=9), names=[f"c{i}" for i in range(9)], interleaved=True)
 
 
 def test_nan_switch_puts_nan_exactly_where_injected(connect):

@@ -229,6 +229,26 @@ def test_nan_late_and_bursty_emg_through_pybela(tmp_path):
                                faded(offline(repaired, BELA_SR, p, p["samples"])), atol=1e-5)
 
 
+def test_interleaved_board_through_pybela_plays_the_same_translation(tmp_path):
+    """The one-variable layout (128-frame buffers) is found by itself: the engine records the
+    board's EMG sample for sample and plays what the same EMG translates to offline."""
+    emg = random_emg(4.0, BELA_SR, seed=3)
+    src = EmulatorEmgSource(emg, BELA_SR, loop=False, interleaved=True)
+    audio = instrument(tmp_path / "in.wav", [1.0], 3.5)
+    _, s, folder = run_engine(src, audio, tmp_path, EngineConfig(speed=2.0, playout_ms=100.0))
+    assert src.interleaved and s["errors"] == [] and s["underrun_blocks"] == 0
+    rec, _ = sf.read(folder / "emg.wav", dtype="float32")
+    (p,) = phrases(read_events(folder / "events.jsonl"))
+    start = p["emg_origin"]
+    assert start % 128 == 0 and s["emg_blocks"] * 128 == rec.shape[0]  # 128-frame buffers
+    np.testing.assert_array_equal(rec.T, emg[:, start:start + rec.shape[0]])
+    out, _ = sf.read(folder / "output.wav", dtype="float32")
+    a = p["start_pos"]
+    full = np.concatenate([np.zeros((6, start), np.float32), rec.T], axis=1)
+    np.testing.assert_allclose(out[a:a + p["samples"]],
+                               faded(offline(full, BELA_SR, p, p["samples"])), atol=1e-5)
+
+
 def test_small_playout_delay_counts_underruns_and_keeps_the_timing(tmp_path):
     emg = random_emg(7.0, BELA_SR, seed=3)
     src = EmulatorEmgSource(emg, BELA_SR, faults=Faults(burst=4), loop=False)
@@ -423,14 +443,19 @@ def test_engine_with_a_real_translator_plays_what_it_translates_offline(tmp_path
     np.testing.assert_allclose(got[played], want[played], atol=1e-4)
 
 
-def test_end_to_end_latency_matches_the_budget():
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_end_to_end_latency_matches_the_budget(interleaved):
     """Onsets replayed through the emulator and pybela: the latency measured on the clock equals
-    the algorithmic budget within 5 ms, with a spread far below one frame (the fixed playout)."""
+    the algorithmic budget within 5 ms, with a spread far below one frame (the fixed playout);
+    the interleaved layout's 128-frame buffers take 40.6 ms (1024 - 128 frames) off it."""
     from mlmlmlm.live.latency import end_to_end, latency_budget
 
-    tr = EnvelopeTranslator()
-    r = end_to_end(tr, seconds=6.0, period_s=1.1, playout_ms=80.0)  # margin for a busy CI
-    budget = latency_budget(tr, BELA_SR, 80.0, 256)["total_ms"]
+    tr = EnvelopeTranslator(audio_hop=128, emg_hop=16) if interleaved else EnvelopeTranslator()
+    r = end_to_end(tr, seconds=6.0, period_s=1.1, playout_ms=80.0,  # margin for a busy CI
+                   interleaved=interleaved)
+    parts = latency_budget(tr, BELA_SR, 80.0, 256, interleaved=interleaved)
+    budget = parts["total_ms"]
+    assert parts["bela_buffer_ms"] == pytest.approx(1000 * (128 if interleaved else 1024) / BELA_SR)
     assert r["matched"] >= 3 and r["underrun_blocks"] == 0 and r["errors"] == []
     lat = r["latency_ms"]
     # (the spread is the output thread's wake-ups on a loaded machine: ~0.1 ms idle, ~1 ms at load 7)

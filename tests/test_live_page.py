@@ -217,7 +217,8 @@ def test_live_mode_reads_the_board_and_stops_cleanly_without_a_sound_card(tmp_pa
     import soundfile as sf
 
     from mlmlmlm.live import audio_io as io
-    from mlmlmlm.live.emulator import BelaEmulator, synthetic_emg
+    from mlmlmlm.live.emg_files import synthetic_emg
+    from mlmlmlm.live.emulator import BelaEmulator
     from mlmlmlm.live.latency import EnvelopeTranslator
 
     sr = 22050.0

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from mlmlmlm.live.emulator import BLOCK
+from mlmlmlm.live.emulator import BLOCK, SLOTS
 
 
 class EnvelopeTranslator:
@@ -76,7 +76,7 @@ def onset_emg(n_onsets: int, period_s: float, sr: float, on_s: float = 0.3, leve
     n = int((n_onsets + 1) * period_s * sr)
     emg = np.zeros((6, n), np.float32)
     onsets = (np.arange(1, n_onsets + 1) * period_s * sr).astype(int)
-    onsets += rng.integers(0, BLOCK, n_onsets)  # a different place in the buffer each time
+    onsets += rng.integers(0, BLOCK, n_onsets)  # a different place in the buffer(s) each time
     onsets = onsets // align * align
     for f in onsets:
         m = int(on_s * sr)
@@ -158,13 +158,14 @@ def compute_per_frame(translator, seconds: float = 10.0, chunk: int | None = Non
 
 
 def latency_budget(translator, board_sr: float, playout_ms: float, out_block: int,
-                   out_device_ms: float = 0.0) -> dict:
-    """The algorithmic latency from an EMG sample's capture to its sound, by part (ms)."""
+                   out_device_ms: float = 0.0, interleaved: bool = False) -> dict:
+    """The algorithmic latency from an EMG sample's capture to its sound, by part (ms);
+    ``interleaved``: the board's one-variable layout of 128-frame buffers (else 1024)."""
     from mlmlmlm.live.sources import StreamResampler
 
     frame_ms = 1000.0 * translator.audio_hop / translator.audio_sr
     parts = {
-        "bela_buffer_ms": 1000.0 * BLOCK / board_sr,  # pybela delivers 1024-frame buffers
+        "bela_buffer_ms": 1000.0 * buffer_frames(interleaved) / board_sr,  # one pybela buffer
         "resampler_ms": 1000.0 * StreamResampler(board_sr, translator.emg_sr, 6).delay
         / translator.emg_sr,
         "emg_hop_ms": 1000.0 * translator.emg_hop / translator.emg_sr,
@@ -174,13 +175,19 @@ def latency_budget(translator, board_sr: float, playout_ms: float, out_block: in
         "output_block_ms": 1000.0 * out_block / translator.audio_sr,
         "output_device_ms": out_device_ms,
     }
-    # A Bela buffer is whole frames (1024 = 4 x 256 board frames = 4 x 32 EMG samples): the
-    # frame an onset falls in is complete when its buffer is, so the hops add nothing after it.
+    # A Bela buffer is whole frames (1024 = 4 x 256 board frames = 4 x 32 EMG samples; 128 =
+    # one frame of the low-latency preset): the frame an onset falls in is complete when its
+    # buffer is, so the hops add nothing after it.
     # The output block is where a sample is copied out, not a wait: it is listed, not added.
     total = sum(v for k, v in parts.items() if k not in ("emg_hop_ms", "audio_hop_ms",
                                                          "output_block_ms"))
     return parts | {"total_ms": total, "note": "total = bela_buffer + resampler + lookahead + "
                     "playout + output_device (hops fall inside the buffer)"}
+
+
+def buffer_frames(interleaved: bool) -> int:
+    """Board frames in one pybela buffer: 1024 a channel, or 128 in the interleaved layout."""
+    return BLOCK // SLOTS if interleaved else BLOCK
 
 
 def _instrument(folder, seconds: float, sr: float, start_s: float):
@@ -208,8 +215,9 @@ def _engine(translator, src, instrument, sr: float, block: int, playout_ms: floa
 
 def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout_ms: float = 40.0,
                board_sr: float = 22050.0, block: int = 256, lead_s: float = 3.0,
-               seed: int = 0) -> dict:
+               seed: int = 0, interleaved: bool = False) -> dict:
     """Replay EMG onsets through the emulator and pybela into the engine; onset to sound (ms).
+    ``interleaved``: the emulator serves the one-variable layout (128-frame buffers).
 
     Onsets sit on EMG-frame boundaries at random places in Bela's buffers (a frame model answers
     an onset inside a frame at the frame's start: that quantisation is the model's, not the
@@ -237,7 +245,7 @@ def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout
     reads: list[tuple[float, np.ndarray]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = _instrument(Path(tmp), onsets[-1] / board_sr + 2.0, sr, lead_s)
-        src = EmulatorEmgSource(emg, board_sr, loop=False, quiet=True)
+        src = EmulatorEmgSource(emg, board_sr, loop=False, quiet=True, interleaved=interleaved)
         eng = _engine(translator, src, path, sr, block, playout_ms,
                       lambda x: reads.append((time.monotonic(), x)))
         eng.start()
@@ -262,11 +270,12 @@ def end_to_end(translator, seconds: float = 62.0, period_s: float = 1.1, playout
             "latency_ms": _spread_ms(lat), "latency_by_read_ms": _spread_ms(lat_read),
             "underrun_blocks": summary["underrun_blocks"],
             "underrun_samples": summary["underrun_samples"], "phrases": summary["phrases"],
-            "errors": summary["errors"]}
+            "errors": summary["errors"], "buffer_frames": buffer_frames(interleaved)}
 
 
 def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 40.0,
-                        board_sr: float = 22050.0, block: int = 256) -> dict:
+                        board_sr: float = 22050.0, block: int = 256,
+                        interleaved: bool = False) -> dict:
     """The translator in the engine, real time, ``seconds`` long: underruns, phrases, overloads
     and the engine's compute per pushed Bela buffer (ms). EMG bursts come from the emulator
     through pybela, the emulator in **a process of its own** (``python -m mlmlmlm.live.emulator``),
@@ -293,7 +302,8 @@ def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 4
         instrument = _instrument(Path(tmp), seconds, sr, 1.0)
         board = subprocess.Popen(
             [sys.executable, "-m", "mlmlmlm.live.emulator", "--file", str(Path(tmp) / "board.emg.wav"),
-             "--sr", str(board_sr), "--port", str(port), "--duration", str(seconds + 30)],
+             "--sr", str(board_sr), "--port", str(port), "--duration", str(seconds + 30),
+             *(["--interleaved"] if interleaved else [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             line = board.stdout.readline()  # "Bela emulator: ..." once it listens
@@ -309,40 +319,48 @@ def underruns_real_time(translator, seconds: float = 62.0, playout_ms: float = 4
             board.wait(10)
     c = np.asarray(list(eng.compute_ms), float)
     return {"seconds": eng.clock.seconds(), "board": "emulator in its own process",
+            "buffer_frames": buffer_frames(interleaved),
             "compute_ms_per_buffer": _spread_ms(c / 1000.0) if c.size else None,
             **{k: summary[k] for k in ("underrun_blocks", "underrun_samples", "phrases",
                                        "overloads", "errors")}}
 
 
 def bench_stream(run: str | None = None, seconds: float = 62.0, playout_ms: float = 40.0,
-                 real_time_s: float | None = None, compile: bool = False) -> dict:
+                 real_time_s: float | None = None, compile: bool = False,
+                 interleaved: bool = False) -> dict:
     """Everything ``mlmlmlm bench stream --json`` prints (see the module doc); the underrun run
     lasts ``real_time_s`` (default ``seconds``). With ``compile`` the compiled translator's
-    compute is measured beside the eager one's (``compiled``) and the underrun run uses it."""
+    compute is measured beside the eager one's (``compiled``) and the underrun run uses it;
+    ``interleaved``: the board's one-variable layout (128-frame buffers) throughout."""
     import os
 
     import torch
 
     torch.set_num_threads(1)  # one frame is too small for two threads on a busy machine
     tr = trained_translator(run) if run else random_translator()
+    bela_chunk = buffer_frames(interleaved) // 8  # EMG samples in one buffer (22.05 -> 2.76 kHz)
     out = {"translator": run or "random weights, default preset (audio_codec, emg_codec, "
            "te2_frame at the cpu scale)", "threads": 1, "cpu_count": os.cpu_count(),
            "compute": compute_per_frame(tr),
-           "compute_bela_chunks": compute_per_frame(tr, chunk=BLOCK // 8),
-           "algorithmic": latency_budget(tr, 22050.0, playout_ms, 256)}
+           "compute_bela_chunks": compute_per_frame(tr, chunk=bela_chunk),
+           "algorithmic": latency_budget(tr, 22050.0, playout_ms, 256,
+                                         interleaved=interleaved)}
     make = (trained_translator, run, "cpu") if run else (random_translator, 0, "cpu", "frame")
     if compile:
         trc = make[0](*make[1:], True)
         out["compiled"] = {"compute": compute_per_frame(trc),
-                           "compute_bela_chunks": compute_per_frame(trc, chunk=BLOCK // 8)}
+                           "compute_bela_chunks": compute_per_frame(trc, chunk=bela_chunk)}
         make = (*make, True)
-    out["end_to_end"] = end_to_end(EnvelopeTranslator(), seconds, playout_ms=playout_ms) | {
+    env = EnvelopeTranslator(tr.audio_sr, tr.emg_sr, tr.audio_hop, tr.emg_hop)  # its hops
+    out["end_to_end"] = end_to_end(env, seconds, playout_ms=playout_ms,
+                                   interleaved=interleaved) | {
         "translator": "EnvelopeTranslator (one frame, no compute): the engine's latency"}
     from mlmlmlm.live.worker import TranslatorProcess
 
     # as `mlmlmlm live` runs it: the translator in a process of its own (mlmlmlm/live/worker.py)
     with TranslatorProcess(*make) as rt:
-        out["real_time"] = underruns_real_time(rt, real_time_s or seconds, playout_ms) | {
+        out["real_time"] = underruns_real_time(rt, real_time_s or seconds, playout_ms,
+                                               interleaved=interleaved) | {
             "translator": out["translator"] + ", in its own process"
                           + (", compiled" if compile else ""),
             "translator_compute_ms_per_call": 1000.0 * rt.compute_s / max(1, rt.calls)}

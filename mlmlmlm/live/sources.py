@@ -30,7 +30,16 @@ from scipy import signal
 
 from mlmlmlm.data.preprocess import resample_ratio
 from mlmlmlm.live.audio_io import Clock
-from mlmlmlm.live.emulator import BLOCK, DEFAULT_NAMES, DEFAULT_PORT, BelaEmulator, Faults, load_emg
+from mlmlmlm.live.emg_files import load_emg
+from mlmlmlm.live.emulator import (
+    BLOCK,
+    DEFAULT_NAMES,
+    DEFAULT_PORT,
+    INTERLEAVED_NAME,
+    SLOTS,
+    BelaEmulator,
+    Faults,
+)
 
 BELA_DEFAULT_HOST = "192.168.7.2"
 
@@ -100,15 +109,22 @@ class BelaEmgSource:
     of our own (pybela's connect and list wait forever). The connection is watched: a closed
     socket, a finished pybela data task (exceptions inside it end it silently) or no data for
     ``stall_s`` seconds is a disconnect; the source then reconnects every ``retry_s`` seconds.
-    Blocks are assembled from the per-variable buffers by timestamp (all six channels).
+    Blocks are assembled from the per-variable buffers by timestamp (all six channels), or,
+    when the board lists the interleaved variable ``emg`` (bela/render.cpp built with
+    ``MLMLMLM_INTERLEAVED=1``: :data:`~mlmlmlm.live.emulator.SLOTS` values a frame, 128-frame
+    buffers), read from its buffers alone; ``layout`` "auto" takes that one when it is there,
+    "channels" or "interleaved" insists on one.
     pybela keeps one event loop per process: use one source at a time, and no other pybela
     client in the same process while it runs.
     """
 
     def __init__(self, host: str = BELA_DEFAULT_HOST, port: int = DEFAULT_PORT,
                  names=DEFAULT_NAMES, connect_timeout: float = 3.0, stall_s: float = 1.0,
-                 retry_s: float = 0.5, quiet: bool = False) -> None:
-        self.host, self.port, self.names = host, int(port), tuple(names)
+                 retry_s: float = 0.5, quiet: bool = False, layout: str = "auto") -> None:
+        if layout not in ("auto", "channels", "interleaved"):
+            raise ValueError(f"layout must be auto, channels or interleaved, got {layout!r}")
+        self.host, self.port, self.names, self.layout = host, int(port), tuple(names), layout
+        self.interleaved = False  # known after the first connect
         self.quiet = quiet  # silence pybela's own "Connection successful" / "Started" lines
         self.connect_timeout, self.stall_s, self.retry_s = connect_timeout, stall_s, retry_s
         self.sr: float | None = None  # known after the first connect
@@ -170,18 +186,22 @@ class BelaEmgSource:
                     raise ConnectionError(f"{url} refused the watcher handshake")
                 self.sr = float(s.sample_rate)
                 have = [v["name"] for v in s.watcher_vars]
-                missing = [n for n in self.names if n not in have]
+                self.interleaved = self.layout == "interleaved" or (
+                    self.layout == "auto" and INTERLEAVED_NAME in have)
+                wanted = [INTERLEAVED_NAME] if self.interleaved else list(self.names)
+                missing = [n for n in wanted if n not in have]
                 if missing:
                     raise ConnectionError(f"{url} has no watcher variables {missing} (has {have})")
                 s.streaming_buffers_queue_length = 4  # we take buffers from the block callback
                 self._pending.clear()
-                start = functools.partial(s.start_streaming, variables=list(self.names),
+                start = functools.partial(s.start_streaming, variables=wanted,
                                           on_block_callback=self._on_block, callback_args=(sink,))
                 self._call(s, start, self.connect_timeout, "start_streaming")
                 self.connects += 1
                 self._last_data = time.monotonic()
                 self._connected.set()
-                sink(SourceEvent("connected", f"{url} ({s.project_name}, {self.sr:g} Hz)"))
+                sink(SourceEvent("connected", f"{url} ({s.project_name}, {self.sr:g} Hz"
+                                 f"{', interleaved' if self.interleaved else ''})"))
                 why = self._watch(s)
                 sink(SourceEvent("stopped" if self._stop.is_set() else "disconnected",
                                  f"{url}: {why}"))
@@ -215,6 +235,8 @@ class BelaEmgSource:
     def _on_block(self, msgs: list, sink: Sink) -> None:
         """pybela's block callback: file each buffer by timestamp; hand over complete blocks."""
         self._last_data = time.monotonic()
+        if self.interleaved:
+            return self._on_interleaved(msgs, sink)
         for m in msgs:
             ts = int(m["buffer"]["ref_timestamp"])
             self._pending.setdefault(ts, {})[m["name"]] = np.asarray(m["buffer"]["data"],
@@ -229,6 +251,21 @@ class BelaEmgSource:
         if len(self._pending) > 8:  # incomplete blocks that will never complete
             for ts in sorted(self._pending)[:-8]:
                 del self._pending[ts]
+
+
+    def _on_interleaved(self, msgs: list, sink: Sink) -> None:
+        """Buffers of the interleaved variable: SLOTS values a frame, channels first."""
+        for m in msgs:
+            if m["name"] != INTERLEAVED_NAME:
+                continue
+            data = np.asarray(m["buffer"]["data"], np.float32)
+            if data.size % SLOTS:
+                sink(SourceEvent("error", f"{INTERLEAVED_NAME}: a buffer of {data.size} values "
+                                          f"is not whole frames of {SLOTS}; dropped"))
+                continue
+            emg = data.reshape(-1, SLOTS)[:, :len(self.names)].T  # [6, frames]
+            sink(EmgBlock(int(m["buffer"]["ref_timestamp"]), np.ascontiguousarray(emg),
+                          time.monotonic()))
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
@@ -247,12 +284,14 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
 
 class EmulatorEmgSource(BelaEmgSource):
     """:class:`BelaEmulator` on loopback (a file, or synthetic EMG) read through pybela, at the
-    clock's speed; ``faults`` switch its disconnect, late/bursty buffers and NaN samples."""
+    clock's speed; ``faults`` switch its disconnect, late/bursty buffers and NaN samples;
+    ``interleaved`` serves the one-variable layout of 128-frame buffers."""
 
     def __init__(self, emg=None, sr: float | None = None, faults: Faults | None = None,
-                 loop: bool = True, **kw) -> None:
+                 loop: bool = True, interleaved: bool = False, **kw) -> None:
         super().__init__(host="127.0.0.1", port=0, **kw)
-        from mlmlmlm.live.emulator import synthetic_emg
+        self._interleave = interleaved
+        from mlmlmlm.live.emg_files import synthetic_emg
 
         self._emg = synthetic_emg(20.0) if emg is None else emg
         self._emg_sr, self._faults, self._loop = sr, faults, loop
@@ -261,7 +300,7 @@ class EmulatorEmgSource(BelaEmgSource):
     def start(self, sink: Sink, clock: Clock | None = None) -> None:
         speed = clock.speed if clock is not None else 1.0
         self.emulator = BelaEmulator(self._emg, self._emg_sr, speed=speed, loop=self._loop,
-                                     faults=self._faults).start()
+                                     faults=self._faults, interleaved=self._interleave).start()
         self.port = self.emulator.port
         super().start(sink, clock)
 

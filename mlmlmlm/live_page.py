@@ -27,6 +27,7 @@ import numpy as np
 from mlmlmlm import report
 from mlmlmlm.live.record import (
     BOARD_SR,
+    INTERLEAVED,
     PREFIX,
     Record,
     output_on_emg_clock,
@@ -97,11 +98,17 @@ def preset_dirs(s: Setup) -> dict[str, Path]:
     return out
 
 
-def load_preset(s: Setup, preset: str, in_process: bool = False):
+def per_preset(value, preset: str) -> float:
+    """``value[preset]`` for a ``{preset: value}`` dict, else ``value`` (one for both)."""
+    return value[preset] if isinstance(value, dict) else value
+
+
+def load_preset(s: Setup, preset: str, in_process: bool = False, compile: bool = False):
     """The trained translator of ``preset`` (EMG prepared with the corpus's scale), or ``None``
     with one line saying which run to train. As ``mlmlmlm live`` builds it: a sliding window of
     the training crop, and, unless ``in_process``, in a process of its own
-    (:class:`~mlmlmlm.live.worker.TranslatorProcess`; close it when done)."""
+    (:class:`~mlmlmlm.live.worker.TranslatorProcess`; close it when done); ``compile``: the
+    compiled step (:class:`~mlmlmlm.stream.Translator`; its graphs compile as it loads)."""
     from mlmlmlm.live.app import load_translator
 
     d = preset_dirs(s)[preset]
@@ -109,14 +116,17 @@ def load_preset(s: Setup, preset: str, in_process: bool = False):
         _md(f"*{preset}*: no trained run at `{d.name}` yet (train it: `mlmlmlm run "
             f"{presets(s)[preset]}`).")
         return None
-    return load_translator(str(d), s.cfg.scale, False, in_process, "crop", str(s.data_root))
+    return load_translator(str(d), s.cfg.scale, False, in_process, "crop", str(s.data_root),
+                           compile)
 
 
-def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms: float,
+def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms,
                    prompt_s: float, live: bool = False, seconds: float | None = None,
-                   board: str = "bela") -> dict[str, Record]:
+                   board: str = "bela", compile: bool = False) -> dict[str, Record]:
     """Play both presets (those trained) through the engine, each translator in a process of
-    its own as ``mlmlmlm live`` runs it; one status line each. The record keeps the process
+    its own as ``mlmlmlm live`` runs it (``compile``: the compiled step, as ``--compile``),
+    each with its playout delay (``playout_ms``: ms, or ``{preset: ms}``) and its board layout
+    (:data:`~mlmlmlm.live.record.INTERLEAVED`); one status line each. The record keeps the process
     open: :func:`measure_latency` measures the same translator's compute there, then closes it
     (it spins only for a moment after each call, so it leaves the other core free between)."""
     if not is_record(s):
@@ -124,13 +134,13 @@ def record_section(s: Setup, excerpt, *, threshold_db: float, playout_ms: float,
         return {}
     out = {}
     for preset in presets(s):
-        tr = load_preset(s, preset)
+        tr = load_preset(s, preset, compile=compile)
         if tr is None:
             continue
         try:
             r = play(s.run_dir, preset, presets(s)[preset], tr, excerpt,
-                     threshold_db=threshold_db, playout_ms=playout_ms, prompt_s=prompt_s,
-                     live=live, seconds=seconds, board=board)
+                     threshold_db=threshold_db, playout_ms=per_preset(playout_ms, preset),
+                     prompt_s=prompt_s, live=live, seconds=seconds, board=board)
         except BaseException:
             tr.close()
             raise
@@ -194,7 +204,7 @@ def listen_section(records: dict[str, Record]) -> None:
     _show(report.audio_table([(first.label, dict(cols))], first.sr))
 
 
-def measure_latency(records: dict[str, Record], playout_ms: float, e2e_seconds: float,
+def measure_latency(records: dict[str, Record], playout_ms, e2e_seconds: float,
                     compute_seconds: float, lead_s: float = 3.0) -> dict[str, dict]:
     """Per preset, from :mod:`mlmlmlm.live.latency`: the algorithmic budget by part; per-frame
     compute of the trained translator, in the record's translator process (closed afterwards),
@@ -202,34 +212,36 @@ def measure_latency(records: dict[str, Record], playout_ms: float, e2e_seconds: 
     push, as the engine pushes); the end-to-end latency measured through the emulator and pybela
     with an :class:`~mlmlmlm.live.latency.EnvelopeTranslator` at the preset's hops (a sharp
     onset per EMG onset; its latency is one frame, as the preset's causal model without
-    look-ahead); and the engine's own counters of the record."""
+    look-ahead); and the engine's own counters of the record. Each preset with its playout
+    delay (``playout_ms``: ms, or ``{preset: ms}``) and its board layout."""
     import torch
 
     from mlmlmlm.live import latency as L
-    from mlmlmlm.live.emulator import BLOCK
-
     torch.set_num_threads(1)
     out = {}
     for preset, r in records.items():
         tr = r.translator  # the record's translator process (an in-process one works alike)
         env = L.EnvelopeTranslator(tr.audio_sr, tr.emg_sr, tr.audio_hop, tr.emg_hop)
         push = np.asarray(r.push_ms or [0.0])
+        inter, pl = INTERLEAVED[preset], per_preset(playout_ms, preset)
+        frames = L.buffer_frames(inter)  # board frames in one buffer
         run = getattr(tr, "apply", lambda fn, *a, tr=tr: fn(tr, *a))  # where the translator runs
         compute = {"compute": run(L.compute_per_frame, compute_seconds),
-                   "compute_bela": run(L.compute_per_frame, compute_seconds, BLOCK // 8)}
+                   "compute_bela": run(L.compute_per_frame, compute_seconds, frames // 8)}
         if hasattr(tr, "close"):
             tr.close()  # its core is free for the end-to-end run
         out[preset] = {
-            "algorithmic": L.latency_budget(tr, BOARD_SR, playout_ms, 256), **compute,
-            "e2e": L.end_to_end(env, e2e_seconds, playout_ms=playout_ms, lead_s=lead_s),
+            "algorithmic": L.latency_budget(tr, BOARD_SR, pl, 256, interleaved=inter), **compute,
+            "e2e": L.end_to_end(env, e2e_seconds, playout_ms=pl, lead_s=lead_s,
+                                interleaved=inter),
             "engine": {"push_p50_ms": float(np.percentile(push, 50)),
                        "push_p99_ms": float(np.percentile(push, 99)),
-                       "buffer_ms": 1000.0 * BLOCK / BOARD_SR,
+                       "buffer_ms": 1000.0 * frames / BOARD_SR,
                        "load": r.summary["compute_s"] / max(r.summary["session_s"], 1e-9)}}
     return out
 
 
-ALGO_ROWS = {"bela_buffer_ms": "Bela buffer (1024 frames at 22.05 kHz)",
+ALGO_ROWS = {"bela_buffer_ms": "Bela buffer (1024 frames at 22.05 kHz; interleaved: 128)",
              "resampler_ms": "EMG resampler to the codec's rate", "emg_hop_ms": "EMG hop",
              "audio_hop_ms": "audio hop (one frame)", "lookahead_ms": "EMG look-ahead",
              "playout_ms": "playout delay", "output_block_ms": "output block (copied, not waited)",
@@ -271,9 +283,11 @@ def latency_tables(lat: dict[str, dict]) -> None:
 
 
 def card_metrics(records: dict[str, Record], lat: dict[str, dict], excerpt_label: str,
-                 playout_ms: float, threshold_db: float) -> dict:
-    """The record's figures for the run card, ``<prefix>_<name>`` per preset."""
-    m: dict[str, Any] = {"excerpt": excerpt_label, "playout_ms": playout_ms,
+                 playout_ms, threshold_db: float) -> dict:
+    """The record's figures for the run card, ``<prefix>_<name>`` per preset (``playout_ms``:
+    the default preset's delay, with each preset's own as ``<prefix>_playout_ms``)."""
+    m: dict[str, Any] = {"excerpt": excerpt_label,
+                         "playout_ms": per_preset(playout_ms, "default"),
                          "threshold_db": threshold_db}
     for preset, r in records.items():
         p, L = PREFIX[preset], lat[preset]
@@ -282,6 +296,8 @@ def card_metrics(records: dict[str, Record], lat: dict[str, dict], excerpt_label
         lookahead = L["algorithmic"]["lookahead_ms"]
         p99 = L["compute"]["frame_ms"]["p99"]
         m |= {f"{p}_frame_ms": r.frame_ms, f"{p}_algorithmic_ms": L["algorithmic"]["total_ms"],
+              f"{p}_playout_ms": per_preset(playout_ms, preset),
+              f"{p}_interleaved": INTERLEAVED[preset],
               f"{p}_bela_buffer_ms": L["algorithmic"]["bela_buffer_ms"],
               f"{p}_model_latency_ms": r.frame_ms + lookahead,
               f"{p}_model_plus_p99_ms": r.frame_ms + lookahead + p99,
@@ -300,7 +316,7 @@ def card_metrics(records: dict[str, Record], lat: dict[str, dict], excerpt_label
 
 
 def finish(s: Setup, records: dict[str, Record], lat: dict[str, dict], excerpt,
-           playout_ms: float, threshold_db: float) -> None:
+           playout_ms, threshold_db: float) -> None:
     """Record the figures for the run card: the record's (the preset runs wrote theirs)."""
     if not is_record(s):
         return

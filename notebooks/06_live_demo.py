@@ -54,19 +54,24 @@ trained = page.preset_run(S)
 # ## The record
 #
 # An excerpt of the first held-out recording, starting just before the instrument's first
-# onset. Its EMG streams from the emulator through pybela at the board's pace, in buffers of 1024
-# frames; its instrument audio arrives on the same clock. The trigger listens to the instrument:
-# a rise of the RMS level by more than the threshold starts a phrase, prompted by the latest
-# instrument audio; silence ends it. Every sample is scheduled a fixed playout delay after its
-# EMG. With `live = True` the EMG comes from a board and the sound card plays instead.
+# onset. Its EMG streams from the emulator through pybela at the board's pace: for the default
+# preset in buffers of 1024 frames a channel, for the low-latency one in the board's interleaved
+# layout, buffers of 128 frames of all six channels (`bela/README.md`). Its instrument audio
+# arrives on the same clock. The trigger listens to the instrument: a rise of the RMS level by
+# more than the threshold starts a phrase, prompted by the latest instrument audio; silence ends
+# it. Every sample is scheduled a fixed playout delay after its EMG, the preset's own. The
+# translators run their compiled step, as `mlmlmlm live --compile` does (a smoke build skips the
+# compile). With `live = True` the EMG comes from a board and the sound card plays instead.
 
 # %%
 seconds = 3.0 if S.smoke else 12.0  # the excerpt
-threshold_db, playout_ms, prompt_s = 12.0, 40.0, 0.25
+threshold_db, prompt_s = 12.0, 0.25
+playout_ms = {"default": 40.0, "low latency": 20.0}
 excerpt = held_out_excerpt(S.data_root, S.cfg.eval.split, seconds, threshold_db) \
     if page.is_record(S) and not live else None
 records = page.record_section(S, excerpt, threshold_db=threshold_db, playout_ms=playout_ms,
-                              prompt_s=prompt_s, live=live, seconds=seconds, board=board)
+                              prompt_s=prompt_s, live=live, seconds=seconds, board=board,
+                              compile=not S.smoke)
 
 # %% [markdown]
 # ## Trigger and phrases

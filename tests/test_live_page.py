@@ -150,7 +150,9 @@ def test_card_metrics_name_both_presets_and_add_up_the_model_latency():
 
     m = page.card_metrics({"default": rec(11.6), "low latency": rec(5.8)},
                           {"default": _lat(11.6, 4.0), "low latency": _lat(5.8, 3.0)},
-                          "x @ 0.0 s", 40.0, 9.0)
+                          "x @ 0.0 s", {"default": 40.0, "low latency": 20.0}, 9.0)
+    assert (m["default_playout_ms"], m["ll_playout_ms"]) == (40.0, 20.0)
+    assert (m["default_interleaved"], m["ll_interleaved"]) == (False, True)
     assert m["default_model_plus_p99_ms"] == pytest.approx(15.6)
     assert m["ll_model_plus_p99_ms"] == pytest.approx(8.8)
     assert m["ll_e2e_sd_ms"] == 0.3 and m["default_onsets"] == 1 and m["playout_ms"] == 40.0

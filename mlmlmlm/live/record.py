@@ -25,6 +25,10 @@ from typing import Any
 import numpy as np
 
 PREFIX = {"default": "default", "low latency": "ll"}  # run-card key prefixes
+# The board's EMG layout each preset is played through: the low-latency preset's in the
+# interleaved one (one variable, 128-frame buffers: 5.8 ms, one of its frames), the default's in
+# one variable a channel (1024-frame buffers: 46.4 ms, four of its frames). See bela/README.md.
+INTERLEAVED = {"default": False, "low latency": True}
 BOARD_SR = 22050.0  # Bela's analog rate for the six EMG channels (the corpus's EMG rate)
 
 
@@ -113,8 +117,10 @@ def play(run_dir: Path, preset: str, run: str, tr, excerpt, *, threshold_db: flo
     """Run the engine with translator ``tr`` (of preset ``preset``, the translation run
     ``run``) on ``excerpt`` (:func:`held_out_excerpt`), or, with ``live``, on the Bela board
     ``board`` (``bela[:HOST[:PORT]]``, as ``mlmlmlm live --emg``) and the sound card for
-    ``seconds``; record into ``<run_dir>/session-<prefix>`` and read the session back. No sound
-    card: one-line ``AudioDeviceError``, the engine stopped."""
+    ``seconds``; record into ``<run_dir>/session-<prefix>`` and read the session back. The
+    excerpt's emulated board serves the preset's layout (:data:`INTERLEAVED`); a real board, its
+    own (the source finds it). No sound card: one-line ``AudioDeviceError``, the engine
+    stopped."""
     import soundfile as sf
     import torch
 
@@ -152,7 +158,8 @@ def play(run_dir: Path, preset: str, run: str, tr, excerpt, *, threshold_db: flo
         sf.write(wav, x, int(sr))
         e = np.concatenate([np.zeros((6, lead), np.float32), emg,
                             np.zeros((6, round(BOARD_SR)), np.float32)], axis=1)
-        src = EmulatorEmgSource(e, BOARD_SR, loop=False, quiet=True)
+        src = EmulatorEmgSource(e, BOARD_SR, loop=False, quiet=True,
+                                interleaved=INTERLEAVED[preset])
         audio_in = AlignedInput(io.FileInput(wav, sr, block), src)
         make = lambda ring, tap: io.ClockOutput(ring, block, tap)
     eng = Engine(tr, src, audio_in, make, cfg, rec, log=lines.append)

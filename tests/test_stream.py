@@ -9,7 +9,12 @@ import torch
 from mlmlmlm.data.preprocess import filter_emg
 from mlmlmlm.live.latency import streaming_rtf
 from mlmlmlm.models.codec import Codec, CodecConfig
-from mlmlmlm.models.frozen_codec import CompiledFrames, compile_stream, inference_copy
+from mlmlmlm.models.frozen_codec import (
+    CompiledBottleneck,
+    CompiledFrames,
+    compile_stream,
+    inference_copy,
+)
 from mlmlmlm.models.generation import RING_SLACK
 from mlmlmlm.models.transformer import TransformerConfig, TranslationTransformer
 from mlmlmlm.stream import StreamError, Translator
@@ -208,6 +213,16 @@ def test_compiled_frames_equal_the_eager_stream(codecs):
     assert s0.shape[-1] == 16 * HOP and o0.shape[-1] == 5 * HOP
     assert (s0 - s1).abs().max() < 1e-5 and (o0 - o1).abs().max() < 1e-5
     assert isinstance(compiled.decoder, CompiledFrames)
+    # encoding: the one-frame encoder graph and the RVQ's one-frame graph give the same codes
+    assert isinstance(compiled.bottleneck, CompiledBottleneck)
+    x = 0.3 * torch.randn(1, 1, 7 * HOP, generator=torch.Generator().manual_seed(1))
+    codes = []
+    with torch.inference_mode():
+        for c in (eager, compiled):
+            c.reset_stream()
+            codes.append(torch.cat([c.encode_stream(x[..., i * HOP:j * HOP]).codes
+                                    for i, j in [(0, 1), (1, 2), (2, 5), (5, 6), (6, 7)]], -1))
+    assert codes[0].shape[-1] == 7 and torch.equal(codes[0], codes[1])
 
 
 # ---- decoding -----------------------------------------------------------------------------------

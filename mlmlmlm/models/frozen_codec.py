@@ -236,9 +236,32 @@ class CompiledFrames(nn.Module):
                           for i in range(n)], dim=-1)
 
 
+class CompiledBottleneck(nn.Module):
+    """A frozen RVQ (:class:`FrozenRVQ`) whose one-frame calls run compiled: ``forward`` on
+    latents [B, D, 1] and ``codes_to_latents`` on codes [B, n_q, 1], each one graph (a stream's
+    usual step); other lengths take the eager module (a graph per length would compile each)."""
+
+    def __init__(self, rvq: nn.Module):
+        super().__init__()
+        self.rvq = rvq
+        self._forward = compile_frozen(rvq)
+        self._to_latents = compile_frozen(rvq.codes_to_latents)
+
+    def forward(self, h: Tensor) -> BottleneckOutput:
+        return self._forward(h) if h.shape[-1] == 1 else self.rvq(h)
+
+    def codes_to_latents(self, codes: Tensor) -> Tensor:
+        if codes.shape[-1] == 1:
+            return self._to_latents(codes)
+        return self.rvq.codes_to_latents(codes)
+
+
 def compile_stream(codec: Codec) -> None:
     """Compile a frozen codec's streaming encoder and decoder frame by frame
-    (:class:`CompiledFrames`); the first frames of a stream compile (tens of seconds)."""
+    (:class:`CompiledFrames`), and its frozen RVQ's one-frame calls
+    (:class:`CompiledBottleneck`); the first frames of a stream compile (tens of seconds)."""
     if not isinstance(codec.encoder, CompiledFrames):
         codec.encoder = CompiledFrames(codec.encoder, codec.cfg.hop)
         codec.decoder = CompiledFrames(codec.decoder, 1)
+        if isinstance(codec.bottleneck, FrozenRVQ):
+            codec.bottleneck = CompiledBottleneck(codec.bottleneck)

@@ -477,3 +477,17 @@ def test_real_time_run_reads_a_board_in_its_own_process():
     assert r["board"] == "emulator in its own process" and r["errors"] == []
     assert r["phrases"] >= 1 and r["underrun_blocks"] == 0 and r["seconds"] >= 4.0
     assert r["compute_ms_per_buffer"]["max"] < 46.4  # a Bela buffer's worth, no model: quick
+
+
+def test_emg_source_specs():
+    from mlmlmlm.live.sources import BelaEmgSource, open_emg_source
+
+    assert open_emg_source("emulator")._interleave is False
+    src = open_emg_source("emulator-interleaved")
+    assert isinstance(src, EmulatorEmgSource) and src._interleave is True
+    b = open_emg_source("bela:10.0.0.2:6000")
+    assert isinstance(b, BelaEmgSource) and (b.host, b.port, b.layout) == ("10.0.0.2", 6000, "auto")
+    with pytest.raises(ValueError, match="emulator-interleaved"):
+        open_emg_source("usb")
+    with pytest.raises(ValueError, match="layout must be"):
+        BelaEmgSource(layout="dense")

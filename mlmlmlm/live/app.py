@@ -22,7 +22,9 @@ class LiveError(RuntimeError):
 
 def add_arguments(p) -> None:
     p.add_argument("--emg", required=True,
-                   help="bela[:HOST[:PORT]] | file:PATH (.emg.wav or 7-ch window) | emulator[:PATH]")
+                   help="bela[:HOST[:PORT]] | file:PATH (.emg.wav or 7-ch window) | emulator[:PATH]"
+                        " | emulator-interleaved[:PATH] (the board's 128-frame-buffer layout; a "
+                        "real board's layout is found by itself)")
     p.add_argument("--audio-in", required=True, help="device | file:PATH (instrument audio)")
     p.add_argument("--out", required=True, help="device | file:PATH (generated audio)")
     p.add_argument("--threshold-db", type=float, default=12.0,

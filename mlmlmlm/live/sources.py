@@ -311,16 +311,18 @@ class EmulatorEmgSource(BelaEmgSource):
 
 
 def open_emg_source(spec: str, **kw):
-    """``bela`` | ``bela:HOST[:PORT]`` | ``file:PATH`` | ``emulator`` | ``emulator:PATH``."""
+    """``bela`` | ``bela:HOST[:PORT]`` | ``file:PATH`` | ``emulator`` | ``emulator:PATH`` |
+    ``emulator-interleaved[:PATH]`` (the emulator serving the board's interleaved layout)."""
     kind, _, rest = spec.partition(":")
     if kind == "bela":
         host, _, port = rest.partition(":")
         return BelaEmgSource(host or BELA_DEFAULT_HOST, int(port or DEFAULT_PORT), **kw)
     if kind == "file" and rest:
         return FileEmgSource(rest)
-    if kind == "emulator":
-        return EmulatorEmgSource(rest or None, **kw)
-    raise ValueError(f"--emg {spec!r}: expected bela[:HOST[:PORT]], file:PATH or emulator[:PATH]")
+    if kind in ("emulator", "emulator-interleaved"):
+        return EmulatorEmgSource(rest or None, interleaved=kind != "emulator", **kw)
+    raise ValueError(f"--emg {spec!r}: expected bela[:HOST[:PORT]], file:PATH, emulator[:PATH] "
+                     "or emulator-interleaved[:PATH]")
 
 
 # ----------------------------------------------------------------------------- conditioning

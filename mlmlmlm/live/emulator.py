@@ -63,6 +63,11 @@ BLOCK = (BELA_BUFFER_BYTES - STAMP.size) // 4  # 1024 float32 values per dense b
 # BLOCK // SLOTS = 128 frames (5.8 ms at 22.05 kHz) instead of 1024 (46 ms).
 INTERLEAVED_NAME = "emg"
 SLOTS = 8
+
+
+def buffer_frames(interleaved: bool) -> int:
+    """Board frames in one watcher buffer: 1024 a channel, or 128 in the interleaved layout."""
+    return BLOCK // SLOTS if interleaved else BLOCK
 PATHS = ("/gui_control", "/gui_data")
 
 
@@ -149,7 +154,7 @@ class BelaEmulator:
             raise ValueError(f"interleaved: at most {SLOTS} channels, got {len(self.names)}")
         # the variables the board lists, and the frames one buffer of each holds
         self.variables = (INTERLEAVED_NAME,) if self.interleaved else self.names
-        self.block_frames = BLOCK // SLOTS if self.interleaved else BLOCK
+        self.block_frames = buffer_frames(self.interleaved)
         f = self.faults
         if f.nan_offset + f.nan_len > self.block_frames:
             raise ValueError(f"faults: NaN run {f.nan_offset}+{f.nan_len} outside a buffer of "

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from mlmlmlm.live.emulator import BLOCK, SLOTS
+from mlmlmlm.live.emulator import BLOCK, buffer_frames
 
 
 class EnvelopeTranslator:
@@ -183,11 +183,6 @@ def latency_budget(translator, board_sr: float, playout_ms: float, out_block: in
                                                          "output_block_ms"))
     return parts | {"total_ms": total, "note": "total = bela_buffer + resampler + lookahead + "
                     "playout + output_device (hops fall inside the buffer)"}
-
-
-def buffer_frames(interleaved: bool) -> int:
-    """Board frames in one pybela buffer: 1024 a channel, or 128 in the interleaved layout."""
-    return BLOCK // SLOTS if interleaved else BLOCK
 
 
 def _instrument(folder, seconds: float, sr: float, start_s: float):

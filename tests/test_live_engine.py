@@ -391,6 +391,28 @@ def test_envelope_translator_is_one_hop_per_emg_hop():
     assert 0.99 < y.peak <= 1.0
 
 
+
+@pytest.mark.parametrize("hops", [(256, 32), (128, 16)])
+def test_onset_detector_finds_every_burst_in_its_first_frame(hops):
+    """Offline, without the engine: board EMG bursts, resampled as the engine does and translated
+    by the stand-in, are each found in the frame where their first resampled sample lies, so the
+    end-to-end spread is the engine's, not the detector's (at the old threshold of 0.05 some
+    bursts' first frame, the quietest, was missed: outliers of exactly one frame)."""
+    from mlmlmlm.live.latency import ONSET_THRESHOLD, detect_onsets, onset_emg
+
+    audio_hop, emg_hop = hops
+    emg, onsets = onset_emg(40, 0.4, BELA_SR, on_s=0.1, align=8 * emg_hop, seed=3)
+    resample = StreamResampler(BELA_SR, EMG_SR, 6)
+    x = np.concatenate([resample(emg[:, i:i + 128]) for i in range(0, emg.shape[1], 128)], 1)
+    tr = EnvelopeTranslator(audio_hop=audio_hop, emg_hop=emg_hop)
+    tr.start(np.ones(4, np.float32))
+    y = tr.push_emg(x)
+    got = detect_onsets(y, SR, threshold=ONSET_THRESHOLD, min_gap_s=0.2)
+    assert len(got) == len(onsets)
+    frame_of = onsets // (8 * emg_hop)  # the burst's first resampled sample lies in this frame
+    np.testing.assert_array_equal(got // audio_hop, frame_of)
+    assert (got % audio_hop < 0.002 * SR).all()  # within the frame's first 2 ms (the sine's phase)
+
 # ----------------------------------------------------------------------------- real translator
 def small_translator(seed: int = 0):
     """A real :class:`mlmlmlm.stream.Translator` at the production rates and hops (22.05 kHz hop

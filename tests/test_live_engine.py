@@ -270,6 +270,36 @@ def test_small_playout_delay_counts_underruns_and_keeps_the_timing(tmp_path):
     np.testing.assert_allclose(got[played], want[played], atol=1e-5)  # ... where it belongs
 
 
+
+class SlowStart(EnvelopeTranslator):
+    """The stand-in with a start that takes ``start_s`` of wall time, like a real prompt prime."""
+
+    def __init__(self, start_s: float, **kw):
+        super().__init__(**kw)
+        self.start_s = start_s
+
+    def start(self, prompt_audio):
+        time.sleep(self.start_s)
+        return super().start(prompt_audio)
+
+
+def test_a_slow_phrase_start_costs_no_underruns(tmp_path):
+    """A start longer than the playout delay (80 ms against 20, at the interleaved layout's 5.8-ms
+    buffers): the EMG that waited meanwhile is recorded but not translated, so the phrase begins
+    with the first fresh block and nothing it plays is due before it is made."""
+    emg = random_emg(5.0, BELA_SR, seed=6)
+    src = EmulatorEmgSource(emg, BELA_SR, loop=False, interleaved=True)
+    audio = instrument(tmp_path / "in.wav", [2.0, 3.5], 5.0)
+    tr = SlowStart(0.08, audio_hop=128, emg_hop=16)
+    _, s, folder = run_engine(src, audio, tmp_path, EngineConfig(playout_ms=20.0), translator=tr)
+    assert s["errors"] == [] and s["phrases"] == 2 and tr.starts == 2
+    assert s["underrun_blocks"] == 0 and s["late_samples"] == 0, s
+    events = read_events(folder / "events.jsonl")
+    starts = [e for e in events if e["kind"] == "phrase_start"]
+    for start, p in zip(starts, phrases(events), strict=True):
+        # (the event is written once the start is done): the first sound is scheduled after it
+        assert p["start_pos"] / SR > start["session_s"] and p["samples"] > 0.5 * SR
+
 @pytest.mark.parametrize("abrupt", [False, True])
 def test_disconnect_mid_phrase_is_survived(tmp_path, abrupt):
     emg = random_emg(8.0, BELA_SR, seed=4)

@@ -16,7 +16,10 @@ jitter and late EMG never move the sound in time; a sample missing when due is a
 
 Phrases. An onset of the :class:`~mlmlmlm.live.trigger.RmsTrigger` starts one (also while one
 plays: a retrigger): the translator is reset and started from the latest ``prompt_s`` of
-instrument audio. It ends after ``phrase_s`` (None: open-ended), at the next onset, when the
+instrument audio. Its first chunk is the first EMG block that arrives after that start is done:
+blocks that waited in the inbox meanwhile (a start primes the prompt's frames, tens of ms) would
+be due before they could be translated, so they are recorded but not translated, and the
+phrase's sound begins that much later, at the usual latency. It ends after ``phrase_s`` (None: open-ended), at the next onset, when the
 instrument falls silent (``end_on_silence``), when the EMG is lost (board disconnected, or an
 EMG dropout; see :mod:`mlmlmlm.live.sources`), or on *overload*, when compute has fallen
 ``overload_s`` behind the output (a translator slower than real time). Where a phrase is cut,
@@ -85,6 +88,7 @@ class Phrase:
     length: int | None = None  # samples, or None (open-ended)
     emg_index: int | None = None  # its first EMG sample: index in the conditioned stream ...
     emg_origin: int | None = None  # ... that started at this source frame
+    fresh_after: float = 0.0  # time.monotonic() its translator was ready: older EMG is not its
 
 
 @dataclass
@@ -250,6 +254,8 @@ class Engine:
         p = self.phrase
         if p is None or not c.emg.shape[1]:
             return
+        if p.start_pos is None and b.arrival < p.fresh_after:
+            return  # it waited while the translator started: its sound would already be due
         if p.start_pos is None:  # the phrase's first sample plays when its first chunk is
             # complete (the chunk's last frame on the output clock), plus look-ahead and playout
             frame = self.cond.origin + self.cond.out_count * src_sr / self.tr.emg_sr
@@ -306,7 +312,7 @@ class Engine:
         self._spent(time.perf_counter() - t0)
         self.stats.phrases += 1
         n = None if self.cfg.phrase_s is None else round(self.cfg.phrase_s * self.sr)
-        self.phrase = Phrase(self.stats.phrases, reason, length=n)
+        self.phrase = Phrase(self.stats.phrases, reason, length=n, fresh_after=time.monotonic())
         self._event("phrase_start", phrase=self.phrase.index, reason=reason,
                     prompt_end=self.prompt.count)  # the prompt: audio_in up to this sample
 

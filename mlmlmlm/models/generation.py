@@ -202,20 +202,20 @@ class CachedGeneration:
                 levels.append(c[:B])
                 cache.pending = (c + q * K)[:, None]  # [rows, 1]
             out, lg = torch.stack(levels, 1), torch.stack(logits, 1)
-        else:
-            h = self._feed_one(cache, cache.pending)  # [rows, d], predicts the whole frame
-            head = self._compiled_or("head", cache)
-            out, lg = head(h, u, codes, *sampling)  # [B, n_q], [B, n_q, K]
+        else:  # the trunk's position and the depth head in one call (one graph, compiled)
+            h, out, lg = self._feed_one(cache, cache.pending, (u, codes, *sampling))
             cache.pending = out.repeat(h.shape[0] // B, 1)[:, :, None]  # [rows, n_q, 1]
         cache.n_frames += 1
         return StepOutput(codes=out, logits=lg, frame=cache.n_frames - 1)
 
-    def _feed_one(self, cache: GenerationCache, inp: Tensor) -> Tensor:
+    def _feed_one(self, cache: GenerationCache, inp: Tensor, head: tuple | None = None):
         """The step's path: one new audio position (flat token [rows, 1], frame codes
         [rows, n_q, 1], or the start token while it is pending) through the trunk with
         :meth:`~mlmlmlm.nn.attention.Block.one`, its keys/values stored afterwards; returns its
         hidden state [rows, d]. A ring cache passes whole rings and position masks (the same
-        shapes every step); growing buffers pass exactly the visible spans."""
+        shapes every step); growing buffers pass exactly the visible spans. ``head``: the
+        arguments of :meth:`_frame_head` after the hidden state; then the depth head runs in the
+        same call (:meth:`_trunk_and_head`) and (h, codes [B, n_q], logits [B, n_q, K]) return."""
         cfg, W = self.cfg, cache.max_cache_frames
         pos = cache.n_fed
         newest = self._query_frames(pos) + cfg.lookahead
@@ -240,12 +240,26 @@ class CachedGeneration:
             emgs = [b.span(0 if W is None else newest - W + 1, newest + 1)[:2]
                     for b in cache.emg_kv]
             s_mask = e_mask = None
-        h, new = self._compiled_or("trunk", cache)(x, p, selfs, s_mask, emgs, e_mask)
+        if head is None:
+            h, new = self._compiled_or("trunk", cache)(x, p, selfs, s_mask, emgs, e_mask)
+        else:
+            h, new, *frame = self._compiled_or("frame", cache)(x, p, selfs, s_mask, emgs, e_mask,
+                                                               *head)
         for buffer, (k, v) in zip(cache.self_kv, new):
             buffer.append(k[:, :, None], v[:, :, None])
         cache.n_fed += 1
         self._forget(cache)
-        return h
+        return h if head is None else (h, *frame)
+
+    def _trunk_and_head(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, Tensor]],
+                        s_mask: Tensor | None, emgs: list[tuple[Tensor, Tensor]],
+                        e_mask: Tensor | None, *head) -> tuple:
+        """The frame layout's step: :meth:`_trunk_one`, then :meth:`_frame_head` on its hidden
+        state (``head``: that method's arguments after it) -> h [rows, d], the new k, v, codes
+        [B, n_q] and logits [B, n_q, K]: one compiled graph, not two (each call of a compiled
+        graph costs its own entry, tens of microseconds)."""
+        h, new = self._trunk_one(x, p, selfs, s_mask, emgs, e_mask)
+        return (h, new, *self._frame_head(h, *head))
 
     def _trunk_one(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, Tensor]],
                    s_mask: Tensor | None, emgs: list[tuple[Tensor, Tensor]],
@@ -286,25 +300,26 @@ class CachedGeneration:
         return c.repeat(copies)
 
     def _compiled_or(self, part: str, cache: GenerationCache):
-        """The compiled ``part`` ("trunk", "head" or "emg") for a ring cache once
+        """The compiled ``part`` ("trunk", "frame" or "emg") for a ring cache once
         :meth:`compile_generation` ran, else the eager method."""
         compiled = getattr(self, "_compiled", None)
         if compiled and cache.self_kv[0].ring_capacity:
             return compiled[part]
-        return {"trunk": self._trunk_one, "head": self._frame_head, "emg": self._emg_kv}[part]
+        return {"trunk": self._trunk_one, "frame": self._trunk_and_head, "emg": self._emg_kv}[part]
 
     def compile_generation(self, on: bool = True) -> None:
         """Run the steps of ring caches (``new_cache(..., ring=True)``) through
-        ``torch.compile``: the trunk's one position, one frame of EMG keys/values and, for the
-        frame layout, the depth head with guidance and sampling, each one graph of fixed shapes
-        (C++ wrapper, no Python between kernels; :func:`~mlmlmlm.nn.compile.compile_frozen`). The first step of each new shape compiles (tens of seconds on 2
-        cores); the results equal the eager step's to float rounding (tested). ``on=False``
+        ``torch.compile``: one frame of EMG keys/values, and the trunk's one position (flat)
+        or the trunk's position with the depth head, guidance and sampling (frame), each one
+        graph of fixed shapes (C++ wrapper, no Python between kernels;
+        :func:`~mlmlmlm.nn.compile.compile_frozen`). The first step of each new shape compiles
+        (tens of seconds on 2 cores); the results equal the eager step's to float rounding (tested). ``on=False``
         goes back to eager."""
         if not on:
             self._compiled = None
             return
         self._compiled = {"trunk": compile_frozen(self._trunk_one),
-                          "head": compile_frozen(self._frame_head),
+                          "frame": compile_frozen(self._trunk_and_head),
                           "emg": compile_frozen(self._emg_kv)}
 
     @torch.inference_mode()

@@ -225,9 +225,8 @@ def measure_latency(records: dict[str, Record], playout_ms, e2e_seconds: float,
         push = np.asarray(r.push_ms or [0.0])
         inter, pl = INTERLEAVED[preset], per_preset(playout_ms, preset)
         frames = L.buffer_frames(inter)  # board frames in one buffer
-        run = getattr(tr, "apply", lambda fn, *a, tr=tr: fn(tr, *a))  # where the translator runs
-        compute = {"compute": run(L.compute_per_frame, compute_seconds),
-                   "compute_bela": run(L.compute_per_frame, compute_seconds, frames // 8)}
+        compute = {"compute": tr.apply(L.compute_per_frame, compute_seconds),  # where it runs
+                   "compute_bela": tr.apply(L.compute_per_frame, compute_seconds, frames // 8)}
         if hasattr(tr, "close"):
             tr.close()  # its core is free for the end-to-end run
         out[preset] = {

@@ -355,6 +355,11 @@ class Translator:
         self._finished = True
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
+    def apply(self, fn: Callable, *args):
+        """``fn(self, *args)``: the call :class:`~mlmlmlm.live.worker.TranslatorProcess` runs
+        in its child, so a measurement of the translator reads the same for either."""
+        return fn(self, *args)
+
     # ---- inside ---------------------------------------------------------------------------------
 
     def _check_emg(self, emg: np.ndarray, what: str) -> np.ndarray:

@@ -76,22 +76,38 @@ class CachedGeneration:
             raise ValueError(f"EMG batch {emg_codes.shape[0]} != cache batch {cache.batch_size}")
         n = emg_codes.shape[2]
         pos = torch.arange(cache.n_emg, cache.n_emg + n, device=emg_codes.device)
-        # one frame (a stream's usual push) through the compiled graph; pieces of other
-        # lengths (a prompt's EMG, a burst) eager: a graph per length would compile each
-        emg_kv = self._compiled_or("emg", cache) if n == 1 else self._emg_kv
-        kv, cache.emg_past = emg_kv(emg_codes, cache.emg_past, pos)
-        for (k, v), buffer in zip(kv, cache.emg_kv):
-            buffer.append(k, v)
+        # one frame (a stream's usual push) through the compiled graph, written into the rings
+        # there; pieces of other lengths (a prompt's EMG, a burst) eager and appended: a graph
+        # per length would compile each
+        if n == 1 and cache.emg_kv[0].ring_capacity:
+            rings = [b.ring() for b in cache.emg_kv]
+            for b in cache.emg_kv:
+                b.claim(1)
+            _, cache.emg_past = self._compiled_or("emg", cache)(
+                emg_codes, cache.emg_past, pos, rings, pos % cache.emg_kv[0].ring_capacity)
+        else:
+            kv, cache.emg_past = self._emg_kv(emg_codes, cache.emg_past, pos)
+            for (k, v), buffer in zip(kv, cache.emg_kv):
+                buffer.append(k, v)
         cache.n_emg += n
         self._forget(cache)
 
-    def _emg_kv(self, emg_codes: Tensor, past: Tensor | None, pos: Tensor
+    def _emg_kv(self, emg_codes: Tensor, past: Tensor | None, pos: Tensor,
+                rings: list[tuple[Tensor, Tensor, Tensor]] | None = None,
+                slots: Tensor | None = None
                 ) -> tuple[list[tuple[Tensor, Tensor]], Tensor | None]:
         """EMG codes [B, emg_n_q, n] at positions ``pos`` [n], after the context ``past``
-        (see ``_emg_context``) -> every layer's cross k, v [B, H, n, hd] and the new past."""
+        (see ``_emg_context``) -> every layer's cross k, v [B, H, n, hd] and the new past.
+        ``rings``, ``slots`` [n]: each layer's ring (k, v, positions) and where these frames go;
+        they are written there in place (the compiled one-frame call)."""
         emg, past = self._emg_context(self._embed_emg(emg_codes), past)
         rope = self._rope(pos, emg.dtype)
-        return [block.emg_kv(emg, rope) for block in self.blocks], past
+        kv = [block.emg_kv(emg, rope) for block in self.blocks]
+        for (k, v), ring in zip(kv, rings or []):
+            ring[0].index_copy_(2, slots, k)
+            ring[1].index_copy_(2, slots, v)
+            ring[2].index_copy_(0, slots, pos)
+        return kv, past
 
     def _forget(self, cache: GenerationCache) -> None:
         """Sliding window: drop what no later position may attend to."""
@@ -228,12 +244,17 @@ class CachedGeneration:
             x = self.bos.expand(inp.shape[0], -1)
         else:
             x = self._embed_audio(inp, p)[:, 0]  # [rows, d]
+        slot = None
         if cache.self_kv[0].ring_capacity:
-            rings = [b.ring() for b in cache.self_kv], [b.ring() for b in cache.emg_kv]
-            selfs, emgs = [r[:2] for r in rings[0]], [r[:2] for r in rings[1]]
-            s_pos, e_pos = rings[0][0][2], rings[1][0][2]  # every layer: the same slots
+            selfs = [b.ring() for b in cache.self_kv]  # (k, v, positions): written in the graph
+            emgs = [b.ring()[:2] for b in cache.emg_kv]
+            s_pos, e_pos = selfs[0][2], cache.emg_kv[0].ring()[2]  # every layer: the same slots
             s_mask = s_pos > pos - self._self_window(W)  # [C]: the window's older positions
             e_mask = (e_pos > newest - W) & (e_pos <= newest)  # [C_e]: EMG may run ahead
+            # this position's slot (it holds pos - C, outside the window: masked above)
+            slot = p % cache.self_kv[0].ring_capacity
+            for b in cache.self_kv:
+                b.claim(1)
         else:
             none = x.new_zeros(x.shape[0], cfg.n_heads, 0, cfg.head_dim)  # before any position
             selfs = [b.span(b.start, b.end)[:2] if len(b) else (none, none) for b in cache.self_kv]
@@ -241,37 +262,46 @@ class CachedGeneration:
                     for b in cache.emg_kv]
             s_mask = e_mask = None
         if head is None:
-            h, new = self._compiled_or("trunk", cache)(x, p, selfs, s_mask, emgs, e_mask)
+            h, new = self._compiled_or("trunk", cache)(x, p, selfs, s_mask, emgs, e_mask, slot)
         else:
             h, new, *frame = self._compiled_or("frame", cache)(x, p, selfs, s_mask, emgs, e_mask,
-                                                               *head)
-        for buffer, (k, v) in zip(cache.self_kv, new):
-            buffer.append(k[:, :, None], v[:, :, None])
+                                                               slot, *head)
+        if slot is None:  # growing buffers (a ring's entries were written in the graph)
+            for buffer, (k, v) in zip(cache.self_kv, new):
+                buffer.append(k[:, :, None], v[:, :, None])
         cache.n_fed += 1
         self._forget(cache)
         return h if head is None else (h, *frame)
 
-    def _trunk_and_head(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, Tensor]],
+    def _trunk_and_head(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, ...]],
                         s_mask: Tensor | None, emgs: list[tuple[Tensor, Tensor]],
-                        e_mask: Tensor | None, *head) -> tuple:
+                        e_mask: Tensor | None, slot: Tensor | None, *head) -> tuple:
         """The frame layout's step: :meth:`_trunk_one`, then :meth:`_frame_head` on its hidden
         state (``head``: that method's arguments after it) -> h [rows, d], the new k, v, codes
         [B, n_q] and logits [B, n_q, K]: one compiled graph, not two (each call of a compiled
         graph costs its own entry, tens of microseconds)."""
-        h, new = self._trunk_one(x, p, selfs, s_mask, emgs, e_mask)
+        h, new = self._trunk_one(x, p, selfs, s_mask, emgs, e_mask, slot)
         return (h, new, *self._frame_head(h, *head))
 
-    def _trunk_one(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, Tensor]],
+    def _trunk_one(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, ...]],
                    s_mask: Tensor | None, emgs: list[tuple[Tensor, Tensor]],
-                   e_mask: Tensor | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                   e_mask: Tensor | None, slot: Tensor | None = None
+                   ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """x [rows, d] at position ``p`` [1] through every block (one position); per layer the
         cached self k, v [rows, H, S, hd] and EMG k, v [B, H, n, hd] with their masks [S], [n]
         (None: all visible) -> hidden state [rows, d] and each layer's new k, v [rows, H, hd].
-        The rotary tables are made here, inside the compiled graph."""
+        ``slot`` [1] (ring caches): ``selfs`` are each ring's (k, v, positions [S]), and this
+        position's k, v and ``p`` are written into that slot here, in place (in the compiled
+        graph: no Python per layer). The rotary tables are made here too."""
         rope, cross_rope = self._rope(p, x.dtype), self._rope(self._query_frames(p), x.dtype)
         new = []
-        for block, (k, v), (ek, ev) in zip(self.blocks, selfs, emgs):
+        for block, ring, (ek, ev) in zip(self.blocks, selfs, emgs):
+            k, v = ring[0], ring[1]
             x, k_new, v_new = block.one(x, rope, k, v, s_mask, (cross_rope, ek, ev, e_mask))
+            if slot is not None:  # after the attention read it (the slot is masked there)
+                k.index_copy_(2, slot, k_new[:, :, None])
+                v.index_copy_(2, slot, v_new[:, :, None])
+                ring[2].index_copy_(0, slot, p)
             new.append((k_new, v_new))
         return self.norm_out(x), new
 

@@ -85,6 +85,20 @@ class KVBuffer:
         self._pos.index_copy_(0, slots, pos)
         self._n += n
 
+    def claim(self, n: int = 1) -> int:
+        """A ring's next ``n`` entries, positions ``end .. end + n - 1``, to be written in place
+        by the caller (a compiled step writes its keys, values and positions into the storage of
+        :meth:`ring` at slots ``position % capacity``): counted here, before the write, which
+        raises where :meth:`append` would. Returns the first position."""
+        if not self.ring_capacity or self._k is None:
+            raise ValueError("claim() needs a ring buffer with reserved slots")
+        if self._n + n > self.ring_capacity:
+            raise ValueError(f"a ring of {self.ring_capacity} slots holds {self._n} live entries "
+                             f"and cannot take {n} more: forget older ones first")
+        first = self.end
+        self._n += n
+        return first
+
     def reserve(self, rows: int, heads: int, head_dim: int, dtype: torch.dtype,
                 device: torch.device) -> None:
         """Allocate a ring's slots now (zeros, not garbage: a masked slot still enters the

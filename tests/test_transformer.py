@@ -328,6 +328,11 @@ def test_ring_buffer_slots_wrap_and_refuse_overflow():
     assert store.shape[2] == 4 and pos.tolist() == [4, 5, 2, 3]
     with pytest.raises(ValueError, match="ring of 4 slots"):
         buf.append(kv[:, :, :1], kv[:, :, :1])  # 4 live entries: no slot is free
+    buf.drop_before(4)  # a claimed entry counts as appended: written in place by the caller
+    assert buf.claim(1) == 6 and len(buf) == 3 and buf.span(0, 10)[2] == 4
+    buf.claim(1)
+    with pytest.raises(ValueError, match="ring of 4 slots"):
+        buf.claim(1)
 
 
 def test_ring_cache_with_guidance_equals_growing_cache():

@@ -377,6 +377,23 @@ def test_compiled_step_equals_eager_step():
     assert max((x.logits - y.logits).abs().max().item() for x, y in zip(*runs)) < TOL
 
 
+@pytest.mark.slow  # two compilations of a depth head (~10 s each)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_two_compiled_models_of_one_class_keep_their_own_graphs():
+    """Two presets in one kernel: depth heads of widths 32 and 16, compiled one after the other
+    with nn-module guards skipped, each equal to its eager self (sharing the first's graph, the
+    second failed with 'expected size 16==32')."""
+    from mlmlmlm.nn.compile import compile_frozen
+
+    h, u = torch.randn(1, 32), torch.rand(N_Q, 1)
+    for width in (32, 16):
+        m = tiny("frame", depth_d_model=width)
+        with torch.inference_mode():
+            got = compile_frozen(m._frame_head)(h, u, None, 1.0, None, 0.9, 1.0, 1)
+            want = m._frame_head(h, u, None, 1.0, None, 0.9, 1.0, 1)
+        assert torch.equal(got[0], want[0]) and (got[1] - want[1]).abs().max() < TOL
+
+
 # ---- guidance and sampling --------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout", ["flat", "frame"])

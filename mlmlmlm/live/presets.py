@@ -17,10 +17,22 @@ class PresetsConfig:
 
     default: str = "05_transformer/te2_frame"  # the production codecs, frame layout
     low_latency: str = "06_live_demo/te2_frame_ll"  # hop 128 / 16
+    # each preset's playout delay (ms): what its compute per Bela buffer and the transport's
+    # jitter must fit in (see the engine's module doc)
+    default_playout_ms: float = 40.0
+    low_latency_playout_ms: float = 20.0
+
+    def __post_init__(self) -> None:
+        if min(self.default_playout_ms, self.low_latency_playout_ms) < 0:
+            raise ValueError("a playout delay must be >= 0 ms")
 
     def runs(self) -> dict[str, str]:
         """``{preset label: run}`` in play order (the labels of chapter 6)."""
         return {"default": self.default, "low latency": self.low_latency}
+
+    def playout_ms(self) -> dict[str, float]:
+        """``{preset label: playout delay in ms}``."""
+        return {"default": self.default_playout_ms, "low latency": self.low_latency_playout_ms}
 
     def upstream_runs(self) -> list[str]:
         """The runs whose checkpoints the record is built on."""

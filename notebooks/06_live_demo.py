@@ -66,7 +66,8 @@ trained = page.preset_run(S)
 # %%
 seconds = 3.0 if S.smoke else 12.0  # the excerpt
 threshold_db, prompt_s = 12.0, 0.25
-playout_ms = S.cfg.presets.playout_ms()  # {preset: ms}, from the record's presets: section
+# {preset: ms}, from the record's presets: section (the chapter's other runs record nothing)
+playout_ms = S.cfg.presets.playout_ms() if page.is_record(S) else {}
 excerpt = held_out_excerpt(S.data_root, S.cfg.eval.split, seconds, threshold_db) \
     if page.is_record(S) and not live else None
 records = page.record_section(S, excerpt, threshold_db=threshold_db, playout_ms=playout_ms,

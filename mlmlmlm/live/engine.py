@@ -19,12 +19,12 @@ plays: a retrigger): the translator is reset and started from the latest ``promp
 instrument audio. Its first chunk is the first EMG block that arrives after that start is done:
 blocks that waited in the inbox meanwhile (a start primes the prompt's frames, tens of ms) would
 be due before they could be translated, so they are recorded but not translated, and the
-phrase's sound begins that much later, at the usual latency. It ends after ``phrase_s`` (None: open-ended), at the next onset, when the
-instrument falls silent (``end_on_silence``), when the EMG is lost (board disconnected, or an
-EMG dropout; see :mod:`mlmlmlm.live.sources`), or on *overload*, when compute has fallen
-``overload_s`` behind the output (a translator slower than real time). Where a phrase is cut,
-its last ``fade_ms`` fade out (no click). After a reconnect or an overload a phrase resumes by
-itself if the instrument is still sounding.
+phrase's sound begins that much later, at the usual latency. It ends after ``phrase_s`` (None:
+open-ended), at the next onset, when the instrument falls silent (``end_on_silence``), when the
+EMG is lost (board disconnected, or an EMG dropout; see :mod:`mlmlmlm.live.sources`), or on
+*overload*, when compute has fallen ``overload_s`` behind the output (a translator slower than
+real time). Where a phrase is cut, its last ``fade_ms`` fade out (no click). After a reconnect or
+an overload a phrase resumes by itself if the instrument is still sounding.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def onset_emg(n_onsets: int, period_s: float, sr: float, on_s: float = 0.3, leve
 # the 8x anti-alias filter (a 0.3 burst: 0.106 RMS), and the filter's 10-sample delay leaves only
 # the frame's last 6 of 16 samples at full level (0.065 RMS, 0.045-0.08 over bursts). A threshold
 # of 0.05 missed that frame for a few bursts and found the next one: outliers of exactly one frame
-# (5.8 ms) that were the detector's, not the engine's (tests/test_latency.py).
+# (5.8 ms) that were the detector's, not the engine's (tests/test_live_engine.py).
 ONSET_THRESHOLD = 0.01
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from mlmlmlm.models.transformer_io import GenerationCache, StepOutput, flat_tokens, sample_uniform
 from mlmlmlm.nn.attention import may_attend
 from mlmlmlm.nn.compile import compile_frozen
-from mlmlmlm.nn.kv_buffer import KVBuffer
+from mlmlmlm.nn.kv_buffer import KVBuffer, write_ring
 
 RING_SLACK = 16  # ring caches: entries beyond the window (EMG ahead, a prompt piece)
 
@@ -104,9 +104,7 @@ class CachedGeneration:
         rope = self._rope(pos, emg.dtype)
         kv = [block.emg_kv(emg, rope) for block in self.blocks]
         for (k, v), ring in zip(kv, rings or []):
-            ring[0].index_copy_(2, slots, k)
-            ring[1].index_copy_(2, slots, v)
-            ring[2].index_copy_(0, slots, pos)
+            write_ring(ring, slots, k, v, pos)
         return kv, past
 
     def _forget(self, cache: GenerationCache) -> None:
@@ -299,9 +297,7 @@ class CachedGeneration:
             k, v = ring[0], ring[1]
             x, k_new, v_new = block.one(x, rope, k, v, s_mask, (cross_rope, ek, ev, e_mask))
             if slot is not None:  # after the attention read it (the slot is masked there)
-                k.index_copy_(2, slot, k_new[:, :, None])
-                v.index_copy_(2, slot, v_new[:, :, None])
-                ring[2].index_copy_(0, slot, p)
+                write_ring(ring, slot, k_new[:, :, None], v_new[:, :, None], p)
             new.append((k_new, v_new))
         return self.norm_out(x), new
 
@@ -343,8 +339,8 @@ class CachedGeneration:
         or the trunk's position with the depth head, guidance and sampling (frame), each one
         graph of fixed shapes (C++ wrapper, no Python between kernels;
         :func:`~mlmlmlm.nn.compile.compile_frozen`). The first step of each new shape compiles
-        (tens of seconds on 2 cores); the results equal the eager step's to float rounding (tested). ``on=False``
-        goes back to eager."""
+        (tens of seconds on 2 cores); the results equal the eager step's to float rounding
+        (tested). ``on=False`` goes back to eager."""
         if not on:
             self._compiled = None
             return

@@ -79,10 +79,7 @@ class KVBuffer:
         if self._k is None:
             self.reserve(k.shape[0], k.shape[1], k.shape[3], k.dtype, k.device)
         pos = torch.arange(self.end, self.end + n, device=k.device)
-        slots = pos % C
-        self._k.index_copy_(2, slots, k)
-        self._v.index_copy_(2, slots, v)
-        self._pos.index_copy_(0, slots, pos)
+        write_ring(self.ring(), pos % C, k, v, pos)
         self._n += n
 
     def claim(self, n: int = 1) -> int:
@@ -138,3 +135,13 @@ class KVBuffer:
         if not self.ring_capacity or self._k is None:
             raise ValueError("ring() needs a ring buffer with entries")
         return self._k, self._v, self._pos
+
+
+def write_ring(ring: tuple[Tensor, Tensor, Tensor], slots: Tensor, k: Tensor, v: Tensor,
+               pos: Tensor) -> None:
+    """Entries k, v [B, H, n, hd] at positions ``pos`` [n] into a ring's storage (``ring()``:
+    k, v [B, H, C, hd], positions [C]) at ``slots`` [n], in place: :meth:`KVBuffer.append`, and
+    a compiled step that writes its own entries after :meth:`KVBuffer.claim`."""
+    ring[0].index_copy_(2, slots, k)
+    ring[1].index_copy_(2, slots, v)
+    ring[2].index_copy_(0, slots, pos)

@@ -142,6 +142,19 @@ def test_ring_counts_underruns_and_drops_late_samples_without_shifting():
     np.testing.assert_allclose(ring.read(50), 1.0 - np.arange(51, 101) / 100, atol=1e-6)
 
 
+def test_ring_counts_a_phrase_start_already_played_past_as_an_underrun():
+    ring = OutputRing(1000, SR, Clock())
+    ring.read(300)
+    ring.expect(200)  # due from 200, but 200..299 were played (as silence) before this call
+    assert ring.underrun_samples == 100 and ring.underrun_blocks == 1
+    ring.write(200, np.ones(200, np.float32))
+    assert ring.late_samples == 100
+    assert ring.read(100).tolist() == [1.0] * 100  # the rest in time, in place
+    assert ring.underrun_samples == 100 and ring.underrun_blocks == 1
+    ring.expect(400)  # a start still ahead costs nothing
+    assert ring.underrun_samples == 100 and ring.underrun_blocks == 1
+
+
 # ----------------------------------------------------------------------------- files
 def test_engine_on_files_plays_the_translation_in_place_with_zero_underruns(tmp_path):
     emg = random_emg(3.5, BELA_SR)  # the EMG outlasts the audio: the phrase ends with the audio

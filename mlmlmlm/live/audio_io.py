@@ -80,8 +80,14 @@ class OutputRing:
 
     def expect(self, start: int) -> None:
         """A phrase starts at ``start``: samples are due from there on (open-ended); anything an
-        earlier phrase left at or after ``start`` is discarded (fade it out before: ``fade_out``)."""
+        earlier phrase left at or after ``start`` is discarded (fade it out before: ``fade_out``).
+        A start already played past (``start`` < the read position) is an underrun of the
+        samples between: due, and read as silence before they were expected."""
         with self._lock:
+            missed = self.read_pos - start
+            if missed > 0:
+                self.underrun_samples += missed
+                self.underrun_blocks += 1
             for a, b in self._slices(max(start, self.read_pos), max(start, self._written)):
                 self._buf[a:b] = 0.0
             self._span, self._written = (start, 1 << 62), start

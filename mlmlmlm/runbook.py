@@ -333,6 +333,9 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
         except RunbookError as exc:
             failures.append(str(exc))
             notes[run] = "FAILED"
+        except Exception as exc:  # a dead kernel, say: one line naming the run, not a KeyError
+            failures.append(f"{run}: {type(exc).__name__}: {exc}")
+            notes[run] = "FAILED"
 
     def finished(run: str, _result) -> None:
         log(f"[{len(notes)}/{len(runs)}] {run}: {notes[run]} in {time.time() - started[run]:.0f}"

@@ -438,3 +438,28 @@ def test_a_key_added_since_a_checkpoint_at_its_default_is_not_a_change():
     assert C.section_changes(old, cfg, C.WEIGHT_SECTIONS) == []
     flipped = {**cfg, "model": {**cfg["model"], "causal": True}}
     assert C.section_changes(flipped, cfg, C.WEIGHT_SECTIONS) == ["model.causal"]
+
+
+def test_a_run_that_dies_fails_the_book_in_one_line_naming_it(tmp_path, monkeypatch):
+    """A kernel that dies (papermill's DeadKernelError, not a RunbookError) is reported as that
+    run's failure after the others ran, not as a KeyError from the progress line."""
+    from mlmlmlm import runbook
+
+    ran = []
+
+    def fake_run(run, **_):
+        ran.append(run)
+        if run == "a/dies":
+            raise RuntimeError("Kernel died")
+
+    monkeypatch.setattr(runbook, "run_experiment", fake_run)
+    monkeypatch.setattr(runbook, "ensure_default", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(runbook, "run_needs", lambda runs, scale: {r: set() for r in runs})
+    monkeypatch.setattr(runbook, "write_results", lambda *a, **k: None)
+    monkeypatch.setattr(runbook, "write_placeholder_pages", lambda *a, **k: None)
+    lines = []
+    with pytest.raises(runbook.RunbookError, match="a/dies: RuntimeError: Kernel died"):
+        runbook.run_book(out=tmp_path / "root", only=["a/first", "a/dies", "a/last"],
+                         jobs=1, log=lines.append)
+    assert ran == ["a/first", "a/dies", "a/last"]
+    assert any("a/dies: FAILED" in line for line in lines), lines

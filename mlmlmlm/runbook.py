@@ -330,11 +330,10 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
             run_experiment(run, smoke=smoke, force=force, root=root, data_root=data_root,
                            log=skipped.append)
             notes[run] = "up to date" if skipped else "ok"
-        except RunbookError as exc:
-            failures.append(str(exc))
-            notes[run] = "FAILED"
-        except Exception as exc:  # a dead kernel, say: one line naming the run, not a KeyError
-            failures.append(f"{run}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a RunbookError names its run; others (a dead
+            # kernel) get the run's name here, one line each, and the other runs still go
+            failures.append(str(exc) if isinstance(exc, RunbookError)
+                            else f"{run}: {type(exc).__name__}: {exc}")
             notes[run] = "FAILED"
 
     def finished(run: str, _result) -> None:

@@ -1,8 +1,8 @@
 """The executed notebook of a run as a reader meets it: its title, its plumbing hidden, no folder
 of the build machine in it.
 
-Introduced in notebook 01_dataset: the runbook (:mod:`mlmlmlm.runbook`) finishes every run page
-with :func:`finish_page` after papermill has executed it.
+Introduced in notebook 01_dataset: the runbook (:mod:`mlmlmlm.runbook`) executes every run page
+with :func:`execute_page` and finishes it with :func:`finish_page`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,53 @@ PLUMBING_TAGS = ("parameters", "injected-parameters")
 # Folders of Python's libraries that outputs name (a warning's ``.../site-packages/tqdm/auto.py``).
 _PYTHON_LIB = re.compile(r"/(?:(?:site-packages|dist-packages|lib/python3\.\d+)/)+")
 _PATH_START = re.compile(r"[\s\"'\\:<>=(\[]")  # what precedes an absolute path in text
+
+
+def execute_page(notebook: Path, page: Path, params: dict, cwd: Path) -> str | None:
+    """Execute ``notebook`` into ``page`` with papermill; ``None`` when every cell ran, else the
+    failure in one line, ``cell <n>: <Type>: <message>``.
+
+    A failing cell and a kernel that dies (killed for memory, a segfault in a native library:
+    nbclient's ``DeadKernelError``) both end here: the partly executed page is kept, and the
+    cell the kernel died in is marked on it with what happened.
+    """
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+
+    try:
+        papermill.execute_notebook(str(notebook), str(page), parameters=params,
+                                   kernel_name="python3", cwd=str(cwd), progress_bar=False,
+                                   log_output=False)
+    except papermill.PapermillExecutionError as exc:
+        return f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}".splitlines()[0]
+    except DeadKernelError as exc:
+        return f"cell {_mark_dead_cell(page, exc)}: DeadKernelError: {exc}".splitlines()[0]
+    return None
+
+
+def _mark_dead_cell(page: Path, exc: Exception) -> int | str:
+    """Mark, on the partly executed ``page``, the code cell the kernel died in (the last one
+    papermill started) and return its number as the kernel would have counted it."""
+    import nbformat
+
+    if not page.exists():
+        return "?"
+    nb = nbformat.read(page, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    started = [c for c in code if (c.metadata.get("papermill") or {}).get("start_time")]
+    if not started:
+        return "?"
+    cell = started[-1]
+    count = max((c.get("execution_count") or 0 for c in code), default=0) + 1
+    cell.execution_count = count
+    cell.metadata.setdefault("papermill", {}).update(status="failed", exception=True)
+    cell.outputs.append(nbformat.v4.new_output(
+        "error", ename="DeadKernelError", evalue=str(exc),
+        traceback=[f"DeadKernelError: {exc}: the kernel died while running this cell "
+                   "(killed for memory, or a crash in a native library); the cells after it "
+                   "did not run."]))
+    write_text_atomic(page, nbformat.writes(nb))
+    return count
 
 
 def finish_page(page: Path, cfg: RunConfig, root: Path) -> None:

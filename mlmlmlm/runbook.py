@@ -41,7 +41,7 @@ from mlmlmlm.config import (
 from mlmlmlm.data.corpus import ensure_default
 from mlmlmlm.figures import FIGURE_DIR, results_figures
 from mlmlmlm.report import METRICS_FILE, TABLES, markdown_table
-from mlmlmlm.run_page import finish_page
+from mlmlmlm.run_page import execute_page, finish_page
 from mlmlmlm.runs import write_placeholder_pages
 from mlmlmlm.schedule import run_in_order
 
@@ -127,8 +127,6 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
     corpus already exists, unless ``force``. Raises :class:`RunbookError` when the notebook fails;
     the partly executed page is kept for inspection.
     """
-    import papermill
-
     root = Path(root or REPO_ROOT)
     scale = "smoke" if smoke else scale
     cfg = load_run_config(run, scale)
@@ -156,14 +154,8 @@ def run_experiment(run: str, *, smoke: bool = False, force: bool = False,
     # The kernel must be this interpreter's: put its bin folder first on PATH.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     t0 = time.time()
-    status, error = "ok", None
-    try:
-        papermill.execute_notebook(str(notebook), str(out_nb), parameters=params,
-                                   kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False,
-                                   log_output=False)
-    except papermill.PapermillExecutionError as exc:
-        status = "failed"
-        error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}".splitlines()[0]
+    error = execute_page(notebook, out_nb, params, REPO_ROOT)
+    status = "ok" if error is None else "failed"
     wall = time.time() - t0
     finish_page(out_nb, cfg, root)
     metrics_path = run_dir / METRICS_FILE

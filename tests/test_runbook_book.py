@@ -463,3 +463,45 @@ def test_a_run_that_dies_fails_the_book_in_one_line_naming_it(tmp_path, monkeypa
                          jobs=1, log=lines.append)
     assert ran == ["a/first", "a/dies", "a/last"]
     assert any("a/dies: FAILED" in line for line in lines), lines
+
+
+def test_a_kernel_that_dies_fails_its_run_like_a_failing_cell(tmp_path, monkeypatch):
+    """A notebook whose kernel dies (here it SIGKILLs itself, as the OOM killer or a segfault in
+    a native library would) is a failed run, not a traceback: a one-line RunbookError naming the
+    cell, a failed card with that error, and the partial page finished with the cell marked."""
+    from mlmlmlm import runbook
+
+    fake_repo = tmp_path / "repo"
+    (fake_repo / "notebooks").mkdir(parents=True)
+    (fake_repo / "experiments").symlink_to(REPO_ROOT / "experiments")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell("run = None\nconfig = None")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Dataset run"), params,
+                nbformat.v4.new_code_cell("print('before')"),
+                nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
+                nbformat.v4.new_code_cell("print('never')")]
+    nbformat.write(nb, fake_repo / "notebooks" / "01_dataset.ipynb")
+    monkeypatch.setattr(runbook, "REPO_ROOT", fake_repo)
+    root = tmp_path / "root"
+    with pytest.raises(runbook.RunbookError) as err:
+        runbook.run_experiment("01_dataset/default", smoke=True, root=root,
+                               data_root=tmp_path / "data", log=lambda m: None)
+    message = str(err.value)
+    assert "\n" not in message
+    # papermill's injected-parameters cell is 2, the markdown cell has no count: the kill is in 4
+    assert "01_dataset/default: notebook failed at cell 4: DeadKernelError" in message, message
+    card = json.loads((root / "book/01_dataset/runs/default.json").read_text())
+    assert card["status"] == "failed" and card["error"].startswith("cell 4: DeadKernelError")
+    page = nbformat.read(root / "book/01_dataset/runs/default.ipynb", as_version=4)
+    code = [c for c in page.cells if c.cell_type == "code"]
+    dead = next(c for c in code if "SIGKILL" in c.source)
+    assert dead.execution_count == 4
+    assert [o.ename for o in dead.outputs if o.output_type == "error"] == ["DeadKernelError"]
+    assert "hide-input" in dead.metadata["tags"]  # finished: plumbing tags put on
+    assert page.cells[0].source.startswith("# ")
+    never = next(c for c in code if "never" in c.source)
+    assert not never.outputs
+    assert "(failed)" in (root / "book/01_dataset/results.md").read_text()

@@ -56,8 +56,9 @@ def _mark_dead_cell(page: Path, exc: Exception) -> int | str:
     started = [c for c in code if (c.metadata.get("papermill") or {}).get("start_time")]
     if not started:
         return "?"
-    cell = started[-1]
-    count = max((c.get("execution_count") or 0 for c in code), default=0) + 1
+    cell = started[-1]  # its count, if the kernel sent it before dying; else the next one
+    count = cell.get("execution_count") or max(
+        (c.get("execution_count") or 0 for c in code), default=0) + 1
     cell.execution_count = count
     cell.metadata.setdefault("papermill", {}).update(status="failed", exception=True)
     cell.outputs.append(nbformat.v4.new_output(

@@ -19,23 +19,29 @@ TORCH_INDEX ?=
 HTML   ?= _build/html
 REMOTE ?= origin
 
-.PHONY: install book test lab smoke bench clean-book notebooks publish
+.PHONY: install lock book test lab smoke bench clean-book notebooks publish
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@bash scripts/install_system.sh $(APT_PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU wheel of torch first, pinned, so nothing pulls the CUDA build
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q -e '.[test,lab,docs]'
+	# every other dependency at the version of a known-good install (constraints.txt, `make lock`)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,lab,docs]'
 	# tinysoundfont declares pyaudio (PortAudio) only for playback; biosignalsnotebooks is read
 	# for its PLUX EMG files only (with h5py) and its own import is broken; pybela (the Bela
 	# client) pins numpy==1.26.0 and bokeh==2.4.3 exactly, though its code runs on numpy 2: its
 	# real imports are main dependencies in pyproject.toml. All three without deps.
-	$(BIN)/pip install -q --no-deps tinysoundfont==0.3.7 biosignalsnotebooks==0.6.14 pybela==2.0.3
+	$(BIN)/pip install -q -c constraints.txt --no-deps tinysoundfont==0.3.7 biosignalsnotebooks==0.6.14 pybela==2.0.3
 	touch $(STAMP)
+
+# Rewrite constraints.txt from this environment (after a deliberate upgrade that passed make test).
+lock: install
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 book: install
 	$(BIN)/mlmlmlm book

@@ -21,8 +21,10 @@ def run_in_order(jobs: Sequence[K], needs: dict[K, set[K]], work: Callable[[K], 
     ``{job: result}``.
 
     A job starts once every job it ``needs`` (among ``jobs``; others are taken as done) has
-    finished, and the first such job in ``jobs``' order goes first, so one worker runs exactly
-    the sequential order. A job whose ``work`` raises still counts as finished for those that
+    finished. One worker takes the first such job in ``jobs``' order, so it runs exactly the
+    sequential order; several take first the job with the longest chain of jobs waiting on it
+    (then ``jobs``' order), so that the end of a chain (the smoke book's live record, after its
+    codecs and translators) does not run alone on one worker while the others idle. A job whose ``work`` raises still counts as finished for those that
     need it (they run and meet the failure themselves); its exception is raised at the end, after
     every other job has run. ``done(job, result)`` is called as each finishes, one at a time.
     A cycle in ``needs`` raises ``ValueError`` before anything runs.
@@ -34,7 +36,8 @@ def run_in_order(jobs: Sequence[K], needs: dict[K, set[K]], work: Callable[[K], 
     errors: list[BaseException] = []
     finished: set = set()
     lock = threading.Lock()
-    waiting = list(jobs)
+    height = _heights(wanted)
+    waiting = sorted(jobs, key=lambda j: (-height[j], order[j]) if workers > 1 else order[j])
     running: dict[Future, K] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while waiting or running:
@@ -58,6 +61,24 @@ def run_in_order(jobs: Sequence[K], needs: dict[K, set[K]], work: Callable[[K], 
     if errors:
         raise errors[0]
     return results
+
+
+def _heights(needs: dict) -> dict:
+    """``{job: the longest chain of jobs that need it, directly or not}`` (0: none does)."""
+    users: dict = {j: [] for j in needs}
+    for j, ns in needs.items():
+        for n in ns:
+            users[n].append(j)
+    height: dict = {}
+
+    def h(j):
+        if j not in height:
+            height[j] = max((1 + h(u) for u in users[j]), default=0)
+        return height[j]
+
+    for j in needs:
+        h(j)
+    return height
 
 
 def _check_acyclic(needs: dict) -> None:

@@ -64,16 +64,32 @@ PIPELINE = {
 }
 
 
+@pytest.fixture(scope="module")
+def chapter_runs(user_folders, tmp_path_factory) -> dict[str, tuple[Path, dict, dict]]:
+    """Every chapter of PIPELINE run on its layout's folder, two notebooks side by side (as
+    `mlmlmlm book` runs the smoke book: one torch thread each): ``{layout: (book root, the
+    folder's snapshot before, {run: card})}``. A failing run raises here, naming it."""
+    from mlmlmlm.runbook import prepare_root, run_experiment
+    from mlmlmlm.schedule import run_in_order
+
+    roots = {lay: prepare_root(tmp_path_factory.mktemp(f"book-{lay}")) for lay in PIPELINE}
+    before = {lay: snapshot(user_folders[lay]) for lay in PIPELINE}
+    jobs = [(lay, run) for lay in PIPELINE for run in PIPELINE[lay]]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        cards = run_in_order(jobs, {}, lambda job: run_experiment(
+            job[1], smoke=True, root=roots[job[0]], data_root=user_folders[job[0]],
+            log=lambda m: None), workers=2)
+    return {lay: (roots[lay], before[lay], {run: cards[(lay, run)] for run in PIPELINE[lay]})
+            for lay in PIPELINE}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_chapters_run_on_a_user_folder_and_leave_it_untouched(user_folders, layout, tmp_path):
-    from mlmlmlm.runbook import prepare_root, run_experiment
-
+def test_chapters_run_on_a_user_folder_and_leave_it_untouched(user_folders, chapter_runs, layout):
     folder = user_folders[layout]
-    before = snapshot(folder)
-    root = prepare_root(tmp_path / "book-root")
-    for run in PIPELINE[layout]:
-        card = run_experiment(run, smoke=True, root=root, data_root=folder, log=lambda m: None)
+    root, before, ran = chapter_runs[layout]
+    for run, card in ran.items():
         assert card["status"] == "ok", (run, card["error"])
         assert card["data_root"] == str(folder)
         assert ".data-" in card["run_dir"]  # a user folder gets run folders of its own

@@ -392,9 +392,10 @@ def test_runbook_moves_a_checkpoint_of_another_config_aside(tmp_path):
     assert "configuration changed since its checkpoint (model.latent_dim)" in logs[0]
 
 
-def test_runbook_run_killed_mid_training_resumes_to_the_same_card(tmp_path):
+def test_runbook_run_killed_mid_training_resumes_to_the_same_card(smoke_book, tmp_path):
     """`mlmlmlm run` killed (SIGKILL to papermill and its kernel) after the first checkpoint;
-    the same command again resumes it, and the card's metrics equal an uninterrupted run's."""
+    the same command again resumes it, and the card's metrics equal an uninterrupted run's:
+    the smoke book's, run as this one is (one torch thread, the smoke corpus of seed 0)."""
     import os
     import signal
     import time
@@ -402,12 +403,10 @@ def test_runbook_run_killed_mid_training_resumes_to_the_same_card(tmp_path):
     from mlmlmlm import checkpoint as C
 
     run = "02_audio_codec/a_rvq_vae_1"  # smoke: 2 steps, a checkpoint after each
-    cmd = [sys.executable, "-m", "mlmlmlm.cli", "run", run, "--smoke", "--out"]
-    whole = subprocess.run(cmd + [str(tmp_path / "a")], capture_output=True, text=True,
-                           cwd=REPO_ROOT, check=False)
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    ckpt = tmp_path / "b/runs/smoke/02_audio_codec/a_rvq_vae_1/checkpoint.pt"
-    proc = subprocess.Popen(cmd + [str(tmp_path / "b")], cwd=REPO_ROOT, start_new_session=True,
+    cmd = [sys.executable, "-m", "mlmlmlm.cli", "run", run, "--smoke", "--out", str(tmp_path)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # as the smoke book runs its kernels
+    ckpt = tmp_path / "runs/smoke/02_audio_codec/a_rvq_vae_1/checkpoint.pt"
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -416,12 +415,12 @@ def test_runbook_run_killed_mid_training_resumes_to_the_same_card(tmp_path):
     proc.wait(timeout=60)
     killed_at = C.load_checkpoint(ckpt)["step"]
     assert killed_at == 1, "the kill came too late to test a resume"
-    assert not (tmp_path / "b/book/02_audio_codec/runs/a_rvq_vae_1.json").exists()
-    again = subprocess.run(cmd + [str(tmp_path / "b")], capture_output=True, text=True,
-                           cwd=REPO_ROOT, check=False)
+    assert not (tmp_path / "book/02_audio_codec/runs/a_rvq_vae_1.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+                           check=False)
     assert again.returncode == 0, again.stderr[-2000:]
-    cards = [json.loads((tmp_path / r / "book/02_audio_codec/runs/a_rvq_vae_1.json").read_text())
-             for r in ("a", "b")]
+    cards = [json.loads((r / "book/02_audio_codec/runs/a_rvq_vae_1.json").read_text())
+             for r in (smoke_book, tmp_path)]
     timing = {"train_wall_s"}
     a, b = ({k: v for k, v in c["metrics"].items() if k not in timing} for c in cards)
     assert a == b and a["steps"] == 2

@@ -52,6 +52,21 @@ def test_two_workers_overlap_but_never_before_a_need():
     assert sorted(seen) == sorted((j, j.upper()) for j in jobs) and set(out) == set(jobs)
 
 
+def test_two_workers_start_the_longest_chain_first():
+    """The chain codec -> te -> live is listed last; side by side its head goes first, so its
+    tail does not run alone at the end (the smoke book's live record once did, 50 s)."""
+    work, events, _ = _recorder(sleep={j: 0.05 for j in ("x1", "x2", "x3", "x4")})
+    jobs = ["x1", "x2", "x3", "x4", "codec", "te", "live"]
+    run_in_order(jobs, {"te": {"codec"}, "live": {"te"}}, work, workers=2)
+    starts = [j for e, j in events if e == "start"]
+    assert starts[0] == "codec", starts
+    pos = {(e, j): i for i, (e, j) in enumerate(events)}
+    assert pos[("start", "live")] < pos[("end", "x4")], starts  # the chain ended beside the rest
+    work, events, _ = _recorder()
+    run_in_order(jobs, {"te": {"codec"}, "live": {"te"}}, work, workers=1)
+    assert [j for e, j in events if e == "start"] == jobs  # one worker: the list's order
+
+
 def test_a_failure_lets_the_rest_run_then_raises():
     work, events, _ = _recorder(fail={"b"})
     with pytest.raises(RuntimeError, match="b broke"):

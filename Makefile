@@ -36,6 +36,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# client) pins numpy==1.26.0 and bokeh==2.4.3 exactly, though its code runs on numpy 2: its
 	# real imports are main dependencies in pyproject.toml. All three without deps.
 	$(BIN)/pip install -q -c constraints.txt --no-deps tinysoundfont==0.3.7 biosignalsnotebooks==0.6.14 pybela==2.0.3
+	# librosa's numba functions compiled once, alone: two processes compiling them at the same
+	# time leave a cache that segfaults later ones (mlmlmlm/jit_cache.py)
+	$(BIN)/python -m mlmlmlm.jit_cache
 	touch $(STAMP)
 
 # Rewrite constraints.txt from this environment (after a deliberate upgrade that passed make test).

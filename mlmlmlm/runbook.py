@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mlmlmlm import checkpoint as C
-from mlmlmlm import paths
+from mlmlmlm import jit_cache, paths
 from mlmlmlm.atomic import write_json_atomic, write_text_atomic
 from mlmlmlm.config import (
     REPO_ROOT,
@@ -334,6 +334,8 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
 
     # side by side, each kernel gets its share of the cores (two torch pools on two cores
     # spin against each other)
+    if jobs > 1:  # side by side, kernels must only read librosa's numba cache (jit_cache.py)
+        jit_cache.warm()
     threads = os.environ.get("OMP_NUM_THREADS")
     if jobs > 1 and threads is None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))

@@ -69,8 +69,11 @@ def chapter_runs(user_folders, tmp_path_factory) -> dict[str, tuple[Path, dict, 
     """Every chapter of PIPELINE run on its layout's folder, two notebooks side by side (as
     `mlmlmlm book` runs the smoke book: one torch thread each): ``{layout: (book root, the
     folder's snapshot before, {run: card})}``. A failing run raises here, naming it."""
+    from mlmlmlm import jit_cache
     from mlmlmlm.runbook import prepare_root, run_experiment
     from mlmlmlm.schedule import run_in_order
+
+    jit_cache.warm()  # side by side, as run_book does: the kernels only read numba's cache
 
     roots = {lay: prepare_root(tmp_path_factory.mktemp(f"book-{lay}")) for lay in PIPELINE}
     before = {lay: snapshot(user_folders[lay]) for lay in PIPELINE}

@@ -504,3 +504,24 @@ def test_a_kernel_that_dies_fails_its_run_like_a_failing_cell(tmp_path, monkeypa
     never = next(c for c in code if "never" in c.source)
     assert not never.outputs
     assert "(failed)" in (root / "book/01_dataset/results.md").read_text()
+
+
+def test_side_by_side_runs_start_after_numbas_cache_is_warm(tmp_path, monkeypatch):
+    """With jobs > 1 the runbook compiles librosa's numba functions alone first
+    (mlmlmlm/jit_cache.py: two kernels compiling them at once leave a cache that segfaults the
+    next), before any notebook starts; one job at a time needs no warm-up."""
+    from mlmlmlm import jit_cache, runbook
+
+    events = []
+    monkeypatch.setattr(jit_cache, "warm", lambda: events.append("warm"))
+    monkeypatch.setattr(runbook, "run_experiment", lambda run, **_: events.append(run))
+    monkeypatch.setattr(runbook, "ensure_default", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(runbook, "run_needs", lambda runs, scale: {r: set() for r in runs})
+    monkeypatch.setattr(runbook, "write_results", lambda *a, **k: None)
+    monkeypatch.setattr(runbook, "write_placeholder_pages", lambda *a, **k: None)
+    monkeypatch.setattr(runbook, "build_book", lambda root, log: root / "index.html")
+    runbook.run_book(out=tmp_path / "two", only=["a/x", "a/y"], jobs=2, log=lambda m: None)
+    assert events[0] == "warm" and sorted(events[1:]) == ["a/x", "a/y"]
+    events.clear()
+    runbook.run_book(out=tmp_path / "one", only=["a/x"], jobs=1, log=lambda m: None)
+    assert events == ["a/x"]

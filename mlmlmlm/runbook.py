@@ -332,18 +332,7 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
         log(f"[{len(notes)}/{len(runs)}] {run}: {notes[run]} in {time.time() - started[run]:.0f}"
             f" s (total {time.time() - t_all:.0f} s)")
 
-    # side by side, each kernel gets its share of the cores (two torch pools on two cores
-    # spin against each other)
-    if jobs > 1:  # side by side, kernels must only read librosa's numba cache (jit_cache.py)
-        jit_cache.warm()
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if jobs > 1 and threads is None:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    try:
-        run_in_order(runs, run_needs(runs, "smoke" if smoke else "cpu"), one, jobs, finished)
-    finally:
-        if jobs > 1 and threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
+    side_by_side(runs, run_needs(runs, "smoke" if smoke else "cpu"), one, jobs, finished)
     for phase in sorted({r.split("/")[0] for r in list_runs()}):
         write_results(phase, root)
     write_placeholder_pages(root)  # runs not in this build: their links still resolve
@@ -352,6 +341,24 @@ def run_book(*, smoke: bool = False, out: Path | None = None, only: list[str] | 
     index = build_book(root, log)
     log(f"book: {index}")
     return index
+
+
+def side_by_side(jobs: list, needs: dict, work: Callable, workers: int,
+                 done: Callable | None = None) -> dict:
+    """:func:`~mlmlmlm.schedule.run_in_order` for notebooks: with ``workers`` > 1, librosa's
+    numba cache is compiled first, alone (:mod:`mlmlmlm.jit_cache`: kernels compiling it at once
+    leave a cache that segfaults the next), and each kernel gets its share of the cores unless
+    ``OMP_NUM_THREADS`` is set (two torch pools on two cores spin against each other)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if workers > 1:
+        jit_cache.warm()
+        if threads is None:
+            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        return run_in_order(jobs, needs, work, workers, done)
+    finally:
+        if workers > 1 and threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def run_needs(runs: list[str], scale: str) -> dict[str, set[str]]:

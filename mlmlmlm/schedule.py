@@ -24,9 +24,9 @@ def run_in_order(jobs: Sequence[K], needs: dict[K, set[K]], work: Callable[[K], 
     finished. One worker takes the first such job in ``jobs``' order, so it runs exactly the
     sequential order; several take first the job with the longest chain of jobs waiting on it
     (then ``jobs``' order), so that the end of a chain (the smoke book's live record, after its
-    codecs and translators) does not run alone on one worker while the others idle. A job whose ``work`` raises still counts as finished for those that
-    need it (they run and meet the failure themselves); its exception is raised at the end, after
-    every other job has run. ``done(job, result)`` is called as each finishes, one at a time.
+    codecs and translators) does not run alone on one worker while the others idle. A job whose
+    ``work`` raises still counts as finished for those that need it (they run and meet the
+    failure themselves); its exception is raised at the end, after every other job has run. ``done(job, result)`` is called as each finishes, one at a time.
     A cycle in ``needs`` raises ``ValueError`` before anything runs.
     """
     order = {j: i for i, j in enumerate(jobs)}

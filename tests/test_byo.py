@@ -66,23 +66,17 @@ PIPELINE = {
 
 @pytest.fixture(scope="module")
 def chapter_runs(user_folders, tmp_path_factory) -> dict[str, tuple[Path, dict, dict]]:
-    """Every chapter of PIPELINE run on its layout's folder, two notebooks side by side (as
-    `mlmlmlm book` runs the smoke book: one torch thread each): ``{layout: (book root, the
+    """Every chapter of PIPELINE run on its layout's folder, two notebooks side by side as
+    `mlmlmlm book` runs the smoke book (runbook.side_by_side): ``{layout: (book root, the
     folder's snapshot before, {run: card})}``. A failing run raises here, naming it."""
-    from mlmlmlm import jit_cache
-    from mlmlmlm.runbook import prepare_root, run_experiment
-    from mlmlmlm.schedule import run_in_order
-
-    jit_cache.warm()  # side by side, as run_book does: the kernels only read numba's cache
+    from mlmlmlm.runbook import prepare_root, run_experiment, side_by_side
 
     roots = {lay: prepare_root(tmp_path_factory.mktemp(f"book-{lay}")) for lay in PIPELINE}
     before = {lay: snapshot(user_folders[lay]) for lay in PIPELINE}
     jobs = [(lay, run) for lay in PIPELINE for run in PIPELINE[lay]]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        cards = run_in_order(jobs, {}, lambda job: run_experiment(
-            job[1], smoke=True, root=roots[job[0]], data_root=user_folders[job[0]],
-            log=lambda m: None), workers=2)
+    cards = side_by_side(jobs, {}, lambda job: run_experiment(
+        job[1], smoke=True, root=roots[job[0]], data_root=user_folders[job[0]],
+        log=lambda m: None), workers=2)
     return {lay: (roots[lay], before[lay], {run: cards[(lay, run)] for run in PIPELINE[lay]})
             for lay in PIPELINE}
 

@@ -439,6 +439,15 @@ def test_a_key_added_since_a_checkpoint_at_its_default_is_not_a_change():
     assert C.section_changes(flipped, cfg, C.WEIGHT_SECTIONS) == ["model.causal"]
 
 
+def _book_without_its_runs(runbook, monkeypatch, tmp_path):
+    """run_book's own logic only: no corpus, no run graph, no results pages (the runs are the
+    test's stand-in for run_experiment)."""
+    monkeypatch.setattr(runbook, "ensure_default", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(runbook, "run_needs", lambda runs, scale: {r: set() for r in runs})
+    monkeypatch.setattr(runbook, "write_results", lambda *a, **k: None)
+    monkeypatch.setattr(runbook, "write_placeholder_pages", lambda *a, **k: None)
+
+
 def test_a_run_that_dies_fails_the_book_in_one_line_naming_it(tmp_path, monkeypatch):
     """A kernel that dies (papermill's DeadKernelError, not a RunbookError) is reported as that
     run's failure after the others ran, not as a KeyError from the progress line."""
@@ -452,10 +461,7 @@ def test_a_run_that_dies_fails_the_book_in_one_line_naming_it(tmp_path, monkeypa
             raise RuntimeError("Kernel died")
 
     monkeypatch.setattr(runbook, "run_experiment", fake_run)
-    monkeypatch.setattr(runbook, "ensure_default", lambda *a, **k: tmp_path)
-    monkeypatch.setattr(runbook, "run_needs", lambda runs, scale: {r: set() for r in runs})
-    monkeypatch.setattr(runbook, "write_results", lambda *a, **k: None)
-    monkeypatch.setattr(runbook, "write_placeholder_pages", lambda *a, **k: None)
+    _book_without_its_runs(runbook, monkeypatch, tmp_path)
     lines = []
     with pytest.raises(runbook.RunbookError, match="a/dies: RuntimeError: Kernel died"):
         runbook.run_book(out=tmp_path / "root", only=["a/first", "a/dies", "a/last"],
@@ -515,10 +521,7 @@ def test_side_by_side_runs_start_after_numbas_cache_is_warm(tmp_path, monkeypatc
     events = []
     monkeypatch.setattr(jit_cache, "warm", lambda: events.append("warm"))
     monkeypatch.setattr(runbook, "run_experiment", lambda run, **_: events.append(run))
-    monkeypatch.setattr(runbook, "ensure_default", lambda *a, **k: tmp_path)
-    monkeypatch.setattr(runbook, "run_needs", lambda runs, scale: {r: set() for r in runs})
-    monkeypatch.setattr(runbook, "write_results", lambda *a, **k: None)
-    monkeypatch.setattr(runbook, "write_placeholder_pages", lambda *a, **k: None)
+    _book_without_its_runs(runbook, monkeypatch, tmp_path)
     monkeypatch.setattr(runbook, "build_book", lambda root, log: root / "index.html")
     runbook.run_book(out=tmp_path / "two", only=["a/x", "a/y"], jobs=2, log=lambda m: None)
     assert events[0] == "warm" and sorted(events[1:]) == ["a/x", "a/y"]

@@ -155,9 +155,9 @@ def test_generated_codes_in_each_levels_range(codecs, layout):
     assert all(len(np.unique(codes[q])) > K // 3 for q in range(N_Q))  # hot sampling spreads
 
 
-# ---- a minute, bounded --------------------------------------------------------------------------
+# ---- a long stream, bounded ---------------------------------------------------------------------
 
-@pytest.mark.slow  # ~15-25 s: 5168 frames of Python-level steps
+@pytest.mark.slow  # ~8 s: 1722 frames of Python-level steps
 def test_a_long_stream_keeps_the_caches_bounded(codecs):
     """20 s (1722 frames, 27 windows of 64): the caches stop growing at the window."""
     W, la = 64, 1

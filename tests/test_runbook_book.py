@@ -14,8 +14,11 @@ from mlmlmlm.config import REPO_ROOT, list_runs
 pytestmark = pytest.mark.slow
 
 
-def test_cli_run_smoke_writes_page_card_and_results(tmp_path):
+def test_cli_run_smoke_writes_page_card_and_results(smoke_corpus, tmp_path):
     out = tmp_path / "root"
+    # the book root starts with its default corpus already built (the builder is the
+    # smoke_corpus fixture's and the smoke book's; building it again here would add 23 s)
+    shutil.copytree(smoke_corpus, out / "data/smoke")
     proc = subprocess.run([sys.executable, "-m", "mlmlmlm.cli", "run", "01_dataset/default",
                            "--smoke", "--out", str(out)], capture_output=True, text=True,
                           cwd=REPO_ROOT, check=False)
@@ -406,6 +409,7 @@ def test_runbook_run_killed_mid_training_resumes_to_the_same_card(smoke_book, tm
     cmd = [sys.executable, "-m", "mlmlmlm.cli", "run", run, "--smoke", "--out", str(tmp_path)]
     env = os.environ | {"OMP_NUM_THREADS": "1"}  # as the smoke book runs its kernels
     ckpt = tmp_path / "runs/smoke/02_audio_codec/a_rvq_vae_1/checkpoint.pt"
+    shutil.copytree(smoke_book / "data/smoke", tmp_path / "data/smoke")  # the same corpus
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

@@ -38,16 +38,23 @@ class _Cache(nn.Module):
         self.state = None
 
     def _state_for(self, x: Tensor) -> Tensor:
-        # Zeros at the start of a stream, i.e. the offline left padding.
+        # Zeros at the start of a stream, i.e. the offline left padding. The fixed-size states
+        # (pad, overlap-add) are then written in place (``_keep``): the same tensor for the whole
+        # stream, so a compiled frame's graph updates it itself, with no attribute to set after.
         b, c = x.shape[:2]
         if self.state is None:
-            return x.new_zeros(b, c, self.size)
+            self.state = x.new_zeros(b, c, self.size)
         if self.state.shape[:2] != (b, c):
             raise ValueError(
                 f"{type(self).__name__}: stream state is {tuple(self.state.shape)} but the chunk "
                 f"is {tuple(x.shape)}; call reset_state() before a stream of another shape"
             )
         return self.state
+
+    def _keep(self, y: Tensor) -> None:
+        """``state[:] = y`` [B, C, size], in place (``_state_for`` allocated it)."""
+        with torch.no_grad():
+            self.state.copy_(y)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
@@ -67,7 +74,7 @@ class CachedPad1d(_Cache):
         if not self.streaming:
             return F.pad(x, (self.size, 0))
         y = torch.cat([self._state_for(x), x], dim=-1)  # [B, C, size + T]
-        self.state = y[..., -self.size :].detach().clone()
+        self._keep(y[..., -self.size :])
         return y
 
 
@@ -89,7 +96,7 @@ class CachedOverlapAdd1d(_Cache):
             return y[..., :n]
         head = y[..., : self.size] + self._state_for(y)  # what the previous chunk still owed
         y = torch.cat([head, y[..., self.size :]], dim=-1)
-        self.state = y[..., n:].detach().clone()  # [B, C, size]: owed to the next chunk
+        self._keep(y[..., n:])  # [B, C, size]: owed to the next chunk
         return y[..., :n]
 
 

@@ -10,8 +10,7 @@ from mlmlmlm.data.preprocess import filter_emg
 from mlmlmlm.live.latency import streaming_rtf
 from mlmlmlm.models.codec import Codec, CodecConfig
 from mlmlmlm.models.frozen_codec import (
-    CompiledBottleneck,
-    CompiledFrames,
+    CompiledStream,
     compile_stream,
     inference_copy,
 )
@@ -202,28 +201,33 @@ def test_compiled_frames_equal_the_eager_stream(codecs):
     any size through the one-frame graph, the first chunk and offline calls eager."""
     eager, compiled = inference_copy(codecs[0]), inference_copy(codecs[0])
     compile_stream(compiled)
-    z = torch.randint(0, K, (1, N_Q, 16), generator=torch.Generator().manual_seed(0))
+    assert isinstance(compiled.stream_steps, CompiledStream) and compiled.stream_steps.whole
+    z = torch.randint(0, K, (2, N_Q, 16), generator=torch.Generator().manual_seed(0))
     outs = []
     with torch.inference_mode():
         for c in (eager, compiled):
-            c.reset_stream()
-            parts = [c.decode_codes_stream(z[..., i:j]) for i, j in
-                     [(0, 1), (1, 5), (5, 8), (8, 9), (9, 13), (13, 16)]]
-            outs.append((torch.cat(parts, -1), c.decode_codes(z[..., :5])))  # then offline
-    (s0, o0), (s1, o1) = outs
+            for b in (0, 1):  # two streams: the second's state is a new tensor (after a reset)
+                c.reset_stream()
+                parts = [c.decode_codes_stream(z[b:b + 1, :, i:j]) for i, j in
+                         [(0, 1), (1, 5), (5, 8), (8, 9), (9, 13), (13, 16)]]
+                outs.append(torch.cat(parts, -1))
+            outs.append(c.decode_codes(z[:1, :, :5]))  # then offline
+    s0, t0, o0, s1, t1, o1 = outs
     assert s0.shape[-1] == 16 * HOP and o0.shape[-1] == 5 * HOP
-    assert (s0 - s1).abs().max() < 1e-5 and (o0 - o1).abs().max() < 1e-5
-    assert isinstance(compiled.decoder, CompiledFrames)
-    # encoding: the one-frame encoder graph and the RVQ's one-frame graph give the same codes
-    assert isinstance(compiled.bottleneck, CompiledBottleneck)
+    assert (s0 - t0).abs().max() > 1e-3  # two different streams
+    assert max((a - b).abs().max() for a, b in [(s0, s1), (t0, t1), (o0, o1)]) < 1e-5
+    # encoding: the one-frame graph of encoder and RVQ gives the same latents and codes
     x = 0.3 * torch.randn(1, 1, 7 * HOP, generator=torch.Generator().manual_seed(1))
-    codes = []
+    got = []
     with torch.inference_mode():
         for c in (eager, compiled):
             c.reset_stream()
-            codes.append(torch.cat([c.encode_stream(x[..., i * HOP:j * HOP]).codes
-                                    for i, j in [(0, 1), (1, 2), (2, 5), (5, 6), (6, 7)]], -1))
-    assert codes[0].shape[-1] == 7 and torch.equal(codes[0], codes[1])
+            parts = [c.encode_stream(x[..., i * HOP:j * HOP])
+                     for i, j in [(0, 1), (1, 2), (2, 5), (5, 6), (6, 7)]]
+            got.append((torch.cat([p.codes for p in parts], -1),
+                        torch.cat([p.z for p in parts], -1)))
+    (c0, z0), (c1, z1) = got
+    assert c0.shape[-1] == 7 and torch.equal(c0, c1) and (z0 - z1).abs().max() < 1e-5
 
 
 # ---- decoding -----------------------------------------------------------------------------------

@@ -144,6 +144,10 @@ class Codec(nn.Module):
     cfg : CodecConfig
     """
 
+    # a frozen copy's compiled one-frame streaming graphs
+    # (:class:`~mlmlmlm.models.frozen_codec.CompiledStream`); None: the modules, eagerly
+    stream_steps = None
+
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
@@ -291,6 +295,9 @@ class Codec(nn.Module):
             b, rvq = x.shape[0], self.cfg.bottleneck == "rvq"
             codes = x.new_zeros(b, self.cfg.n_q, 0, dtype=torch.long) if rvq else None
             return EncodeResult(z=x.new_zeros(b, self.cfg.latent_dim, 0), codes=codes)
+        if self.stream_steps is not None:  # a compiled frozen copy's one-frame graphs
+            z, codes = self.stream_steps.encode(x)
+            return EncodeResult(z=z, codes=codes)
         b = self.bottleneck(self.encoder(x))  # per frame: the RVQ streams as it is
         return EncodeResult(z=b.z, codes=b.codes)
 
@@ -305,6 +312,9 @@ class Codec(nn.Module):
 
     def decode_codes_stream(self, codes: Tensor) -> Tensor:
         """``codes``: LongTensor[B x n_q x n] -> Tensor[B x C x n*hop] (rvq only)."""
+        if self.stream_steps is not None:
+            self._stream_mode(True)
+            return self.stream_steps.decode_codes(codes)
         return self.decode_stream(self.codes_to_latents(codes))
 
     @property

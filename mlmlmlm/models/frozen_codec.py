@@ -207,61 +207,74 @@ class FrozenConvTranspose1d(nn.Module):
         return y if self.bias is None else y + self.bias[:, None]
 
 
-class CompiledFrames(nn.Module):
-    """A streaming encoder or decoder run through ``torch.compile`` one frame at a time: a graph
-    of one shape (one hop of samples, or one latent frame) and the wrapped module's own
-    streaming state, so chunks of any size reuse it. Offline calls (not streaming: each call is a
-    whole signal), the first chunk of a stream (no state yet: one graph fewer to compile) and
-    chunks longer than ``MAX_COMPILED_FRAMES`` frames take the eager module, which is fast at
-    length. ``x`` [B, C, n * unit] -> the module's output for it."""
+class CompiledStream:
+    """A frozen codec's streaming step through ``torch.compile``, one frame a call: samples to
+    latents and codes (the encoder and the RVQ, one graph), codes to samples (the code lookup
+    and the decoder, one graph). Two graphs of one shape each, and the codec's own streaming
+    state, written in place inside them, so chunks of any size reuse them. The first chunk of a
+    stream (no state yet: one graph fewer to compile), empty chunks and chunks longer than
+    ``MAX_COMPILED_FRAMES`` frames take the eager modules, which are fast at length.
+
+    ``encode(x)``: x [B, C, n * hop] (whole hops: the codec's frame buffer is before it)
+    -> (z [B, D, n], codes [B, n_q, n]); ``decode_codes(codes)``: codes [B, n_q, n]
+    -> [B, C, n * hop]. A codec whose RVQ stayed the library's (no :class:`FrozenRVQ`) compiles
+    the encoder and decoder alone and quantizes eagerly."""
 
     MAX_COMPILED_FRAMES = 8
 
-    def __init__(self, module: nn.Module, unit: int):
-        super().__init__()
-        self.module, self.unit = module, unit
-        self._state = next(m for m in module.modules() if isinstance(m, _Cache))  # its mode
-        self.compiled = compile_frozen(module, fullgraph=False)
+    def __init__(self, codec: Codec):
+        self.codec = codec
+        self.whole = isinstance(codec.bottleneck, FrozenRVQ)
+        # the first cache of each side: its state is None until a stream has begun
+        self._enc_state = next(m for m in codec.encoder.modules() if isinstance(m, _Cache))
+        self._dec_state = next(m for m in codec.decoder.modules() if isinstance(m, _Cache))
+        self._encode = compile_frozen(self._encode_frame if self.whole else codec.encoder,
+                                      fullgraph=False)
+        self._decode = compile_frozen(self._decode_frame if self.whole else codec.decoder,
+                                      fullgraph=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[-1] // self.unit
-        if (not self._state.streaming or self._state.state is None or n == 0
-                or n > self.MAX_COMPILED_FRAMES or x.shape[-1] % self.unit):
-            return self.module(x)
-        u = self.unit
-        # fresh storage: a slice keeps the chunk's strides (even of size-1 dimensions), and the
-        # graph is guarded on strides, so every chunk length would compile again
-        shape = (*x.shape[:-1], u)
-        return torch.cat([self.compiled(x.new_empty(shape).copy_(x[..., i * u:(i + 1) * u]))
-                          for i in range(n)], dim=-1)
+    def _encode_frame(self, x: Tensor) -> tuple[Tensor, Tensor]:  # [B, C, hop] -> z, codes
+        b = self.codec.bottleneck(self.codec.encoder(x))
+        return b.z, b.codes
+
+    def _decode_frame(self, codes: Tensor) -> Tensor:  # [B, n_q, 1] -> [B, C, hop]
+        return self.codec.decoder(self.codec.bottleneck.codes_to_latents(codes))
+
+    def _compiled(self, state: _Cache, n: int) -> bool:
+        return state.streaming and state.state is not None and 0 < n <= self.MAX_COMPILED_FRAMES
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        c, hop = self.codec, self.codec.cfg.hop
+        n = x.shape[-1] // hop
+        if not self._compiled(self._enc_state, n):
+            b = c.bottleneck(c.encoder(x))
+            return b.z, b.codes
+        if not self.whole:
+            b = c.bottleneck(torch.cat([self._encode(frame(x, i, hop)) for i in range(n)], -1))
+            return b.z, b.codes
+        zs, codes = zip(*(self._encode(frame(x, i, hop)) for i in range(n)))
+        return torch.cat(zs, -1), torch.cat(codes, -1)
+
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        c, n = self.codec, codes.shape[-1]
+        if not self._compiled(self._dec_state, n):
+            return c.decode_stream(c.codes_to_latents(codes))
+        if not self.whole:
+            z = c.codes_to_latents(codes)
+            return torch.cat([self._decode(frame(z, i, 1)) for i in range(n)], -1)
+        return torch.cat([self._decode(frame(codes, i, 1)) for i in range(n)], -1)
 
 
-class CompiledBottleneck(nn.Module):
-    """A frozen RVQ (:class:`FrozenRVQ`) whose one-frame calls run compiled: ``forward`` on
-    latents [B, D, 1] and ``codes_to_latents`` on codes [B, n_q, 1], each one graph (a stream's
-    usual step); other lengths take the eager module (a graph per length would compile each)."""
-
-    def __init__(self, rvq: nn.Module):
-        super().__init__()
-        self.rvq = rvq
-        self._forward = compile_frozen(rvq)
-        self._to_latents = compile_frozen(rvq.codes_to_latents)
-
-    def forward(self, h: Tensor) -> BottleneckOutput:
-        return self._forward(h) if h.shape[-1] == 1 else self.rvq(h)
-
-    def codes_to_latents(self, codes: Tensor) -> Tensor:
-        if codes.shape[-1] == 1:
-            return self._to_latents(codes)
-        return self.rvq.codes_to_latents(codes)
+def frame(x: Tensor, i: int, unit: int) -> Tensor:
+    """Frame ``i`` of ``x`` [..., n * unit] in fresh storage: a slice keeps the chunk's strides
+    (even of size-1 dimensions), and a graph is guarded on strides, so every chunk length would
+    compile again."""
+    return x.new_empty((*x.shape[:-1], unit)).copy_(x[..., i * unit:(i + 1) * unit])
 
 
 def compile_stream(codec: Codec) -> None:
-    """Compile a frozen codec's streaming encoder and decoder frame by frame
-    (:class:`CompiledFrames`), and its frozen RVQ's one-frame calls
-    (:class:`CompiledBottleneck`); the first frames of a stream compile (tens of seconds)."""
-    if not isinstance(codec.encoder, CompiledFrames):
-        codec.encoder = CompiledFrames(codec.encoder, codec.cfg.hop)
-        codec.decoder = CompiledFrames(codec.decoder, 1)
-        if isinstance(codec.bottleneck, FrozenRVQ):
-            codec.bottleneck = CompiledBottleneck(codec.bottleneck)
+    """Compile a frozen codec's streaming step frame by frame (:class:`CompiledStream`, then
+    used by ``encode_stream`` and ``decode_codes_stream``); the first frames of a stream compile
+    (tens of seconds)."""
+    if codec.stream_steps is None:
+        codec.stream_steps = CompiledStream(codec)

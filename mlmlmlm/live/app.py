@@ -35,7 +35,9 @@ def add_arguments(p) -> None:
                    help="no model: a sine that follows the EMG level (tests the rig)")
     p.add_argument("--record", type=Path, help="session folder (EMG, audio in/out, events)")
     p.add_argument("--phrase-s", type=float, help="phrase length (default: until silence)")
-    p.add_argument("--playout-ms", type=float, default=40.0, help="fixed playout delay")
+    p.add_argument("--playout-ms", type=float, default=40.0,
+                   help="fixed playout delay (80 keeps the cpu-scale te2_frame free of underruns "
+                        "on 2 cores)")
     p.add_argument("--prompt-s", type=float, default=0.1, help="prompt: latest S s of audio")
     p.add_argument("--duration", type=float, help="stop after S s (default: Ctrl-C or file end)")
     p.add_argument("--speed", type=float, default=1.0, help="file clock speed (tests)")

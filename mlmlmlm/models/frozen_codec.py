@@ -217,23 +217,19 @@ class CompiledStream:
 
     ``encode(x)``: x [B, C, n * hop] (whole hops: the codec's frame buffer is before it)
     -> (z [B, D, n], codes [B, n_q, n]); ``decode_codes(codes)``: codes [B, n_q, n]
-    -> [B, C, n * hop]. A codec whose RVQ stayed the library's (no :class:`FrozenRVQ`) compiles
-    the encoder and decoder alone and quantizes eagerly."""
+    -> [B, C, n * hop]. Needs a :class:`FrozenRVQ` (see :func:`compile_stream`)."""
 
     MAX_COMPILED_FRAMES = 8
 
     def __init__(self, codec: Codec):
         self.codec = codec
-        self.whole = isinstance(codec.bottleneck, FrozenRVQ)
         # the first cache of each side: its state is None until a stream has begun
         self._enc_state = next(m for m in codec.encoder.modules() if isinstance(m, _Cache))
         self._dec_state = next(m for m in codec.decoder.modules() if isinstance(m, _Cache))
-        self._encode = compile_frozen(self._encode_frame if self.whole else codec.encoder,
-                                      fullgraph=False)
-        self._decode = compile_frozen(self._decode_frame if self.whole else codec.decoder,
-                                      fullgraph=False)
+        self._encode = compile_frozen(self._encode_frame, fullgraph=False)
+        self._decode = compile_frozen(self._decode_frame, fullgraph=False)
 
-    def _encode_frame(self, x: Tensor) -> tuple[Tensor, Tensor]:  # [B, C, hop] -> z, codes
+    def _encode_frame(self, x: Tensor) -> tuple[Tensor, Tensor]:  # [B, C, n hop] -> z, codes
         b = self.codec.bottleneck(self.codec.encoder(x))
         return b.z, b.codes
 
@@ -244,14 +240,10 @@ class CompiledStream:
         return state.streaming and state.state is not None and 0 < n <= self.MAX_COMPILED_FRAMES
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        c, hop = self.codec, self.codec.cfg.hop
+        hop = self.codec.cfg.hop
         n = x.shape[-1] // hop
         if not self._compiled(self._enc_state, n):
-            b = c.bottleneck(c.encoder(x))
-            return b.z, b.codes
-        if not self.whole:
-            b = c.bottleneck(torch.cat([self._encode(frame(x, i, hop)) for i in range(n)], -1))
-            return b.z, b.codes
+            return self._encode_frame(x)  # eagerly, all n frames at once
         zs, codes = zip(*(self._encode(frame(x, i, hop)) for i in range(n)))
         return torch.cat(zs, -1), torch.cat(codes, -1)
 
@@ -259,9 +251,6 @@ class CompiledStream:
         c, n = self.codec, codes.shape[-1]
         if not self._compiled(self._dec_state, n):
             return c.decode_stream(c.codes_to_latents(codes))
-        if not self.whole:
-            z = c.codes_to_latents(codes)
-            return torch.cat([self._decode(frame(z, i, 1)) for i in range(n)], -1)
         return torch.cat([self._decode(frame(codes, i, 1)) for i in range(n)], -1)
 
 
@@ -275,6 +264,7 @@ def frame(x: Tensor, i: int, unit: int) -> Tensor:
 def compile_stream(codec: Codec) -> None:
     """Compile a frozen codec's streaming step frame by frame (:class:`CompiledStream`, then
     used by ``encode_stream`` and ``decode_codes_stream``); the first frames of a stream compile
-    (tens of seconds)."""
-    if codec.stream_steps is None:
+    (tens of seconds). A codec whose RVQ stayed the library's (``FrozenRVQ.replacing`` refused
+    it: cosine-similarity codebooks, which no experiment uses) keeps streaming eagerly."""
+    if codec.stream_steps is None and isinstance(codec.bottleneck, FrozenRVQ):
         codec.stream_steps = CompiledStream(codec)

@@ -25,7 +25,8 @@ def compile_frozen(fn: Callable, fullgraph: bool = True) -> Callable:
     frozen inference copy and its Python flags. The tensors passed in (a chunk, a cache) keep
     their guards, and a streaming layer's state (one tensor a stream, written in place; a new
     one after a reset) is read afresh each time; a caller that changes a module's flags calls
-    the eager module instead (as :class:`~mlmlmlm.models.frozen_codec.CompiledStream` does outside streaming).
+    the eager module instead (as :class:`~mlmlmlm.models.frozen_codec.CompiledStream` does
+    outside streaming).
 
     Dynamo keeps its compiled graphs per code object, and with those guards skipped a second
     model of the same class would run the first one's graph (a preset of another width in the

@@ -562,3 +562,26 @@ def test_emg_source_specs():
         open_emg_source("usb")
     with pytest.raises(ValueError, match="layout must be"):
         BelaEmgSource(layout="dense")
+
+
+def test_live_plays_a_presets_run_at_the_presets_playout_delay(tmp_path, capsys):
+    """Without --playout-ms a preset's run gets the record's delay for it (live.yaml), any
+    other run and the envelope stand-in 40 ms; the session records the delay it played at."""
+    from mlmlmlm.cli import main
+    from mlmlmlm.config import load_run_config
+    from mlmlmlm.live.app import DEFAULT_PLAYOUT_MS, playout_ms
+
+    presets = load_run_config("06_live_demo/live", "cpu").presets
+    assert presets.default_playout_ms != DEFAULT_PLAYOUT_MS  # else this test shows nothing
+    assert playout_ms("05_transformer/te2_frame", "cpu", None) == presets.default_playout_ms
+    assert playout_ms("06_live_demo/te2_frame_ll", "cpu", None) == presets.low_latency_playout_ms
+    assert playout_ms("05_transformer/te2", "cpu", None) == DEFAULT_PLAYOUT_MS
+    assert playout_ms(None, "cpu", None) == DEFAULT_PLAYOUT_MS
+    assert playout_ms("05_transformer/te2_frame", "cpu", 12.5) == 12.5  # given wins
+    args = live_args(tmp_path)
+    i = args.index("--playout-ms")
+    del args[i:i + 2]  # the envelope stand-in at its default
+    assert main(args) == 0
+    capsys.readouterr()
+    session = json.loads((tmp_path / "rec" / "session.json").read_text())
+    assert session["settings"]["engine"]["playout_ms"] == DEFAULT_PLAYOUT_MS

@@ -20,6 +20,21 @@ class LiveError(RuntimeError):
     """A one-line problem of ``mlmlmlm live`` (exit status 2)."""
 
 
+LIVE_RECORD = "06_live_demo/live"  # its presets: section names each preset's run and playout
+DEFAULT_PLAYOUT_MS = 40.0  # a run no preset plays, and the envelope stand-in
+
+
+def playout_ms(run: str | None, scale: str, given: float | None) -> float:
+    """``--playout-ms`` if given, else the playout of the preset that plays ``run`` (the live
+    record's ``presets:``), else :data:`DEFAULT_PLAYOUT_MS`."""
+    if given is not None:
+        return given
+    from mlmlmlm.config import load_run_config
+
+    preset = load_run_config(LIVE_RECORD, scale).presets.playout_for(run) if run else None
+    return DEFAULT_PLAYOUT_MS if preset is None else preset
+
+
 def add_arguments(p) -> None:
     p.add_argument("--emg", required=True,
                    help="bela[:HOST[:PORT]] | file:PATH (.emg.wav or 7-ch window) | emulator[:PATH]"
@@ -35,9 +50,10 @@ def add_arguments(p) -> None:
                    help="no model: a sine that follows the EMG level (tests the rig)")
     p.add_argument("--record", type=Path, help="session folder (EMG, audio in/out, events)")
     p.add_argument("--phrase-s", type=float, help="phrase length (default: until silence)")
-    p.add_argument("--playout-ms", type=float, default=40.0,
-                   help="fixed playout delay (80 keeps the cpu-scale te2_frame free of underruns "
-                        "on 2 cores)")
+    p.add_argument("--playout-ms", type=float,
+                   help="fixed playout delay (default: the preset's, from "
+                        f"{LIVE_RECORD}.yaml, for a preset's run: 80 ms for te2_frame, which "
+                        f"underran at 40 on 2 cores; else {DEFAULT_PLAYOUT_MS:g})")
     p.add_argument("--prompt-s", type=float, default=0.1, help="prompt: latest S s of audio")
     p.add_argument("--duration", type=float, help="stop after S s (default: Ctrl-C or file end)")
     p.add_argument("--speed", type=float, default=1.0, help="file clock speed (tests)")
@@ -164,7 +180,9 @@ def run_live(args, log=None) -> int:
                             f"{need} samples ({1000 * need / tr.audio_sr:.1f} ms)")
         cfg = EngineConfig(trigger=TriggerConfig(threshold_db=args.threshold_db),
                            phrase_s=args.phrase_s, prompt_s=args.prompt_s,
-                           playout_ms=args.playout_ms, block=args.block, speed=args.speed)
+                           playout_ms=playout_ms(None if args.envelope else args.run,
+                                                 args.scale, args.playout_ms),
+                           block=args.block, speed=args.speed)
         audio_in = _open_input(args.audio_in, tr.audio_sr, args.block)
         kw = {"quiet": True} if not args.emg.startswith("file") else {}
         src = open_emg_source(args.emg, **kw)

@@ -19,7 +19,7 @@ class PresetsConfig:
     low_latency: str = "06_live_demo/te2_frame_ll"  # hop 128 / 16
     # each preset's playout delay (ms): what its compute per Bela buffer and the transport's
     # jitter must fit in (see the engine's module doc)
-    default_playout_ms: float = 40.0
+    default_playout_ms: float = 80.0  # te2_frame on 2 cores (live.yaml says why)
     low_latency_playout_ms: float = 20.0
 
     def __post_init__(self) -> None:
@@ -33,6 +33,14 @@ class PresetsConfig:
     def playout_ms(self) -> dict[str, float]:
         """``{preset label: playout delay in ms}``."""
         return {"default": self.default_playout_ms, "low latency": self.low_latency_playout_ms}
+
+    def playout_for(self, run: str | None) -> float | None:
+        """The playout delay (ms) of the preset that ``run`` (``<phase>/<run>``) plays, or None
+        when no preset plays it."""
+        for label, name in self.runs().items():
+            if run == name:
+                return self.playout_ms()[label]
+        return None
 
     def upstream_runs(self) -> list[str]:
         """The runs whose checkpoints the record is built on."""

@@ -63,9 +63,9 @@ def _mark_dead_cell(page: Path, exc: Exception) -> int | str:
     cell.metadata.setdefault("papermill", {}).update(status="failed", exception=True)
     cell.outputs.append(nbformat.v4.new_output(
         "error", ename="DeadKernelError", evalue=str(exc),
-        traceback=[f"DeadKernelError: {exc}: the kernel died while running this cell "
+        traceback=[(f"DeadKernelError: {exc}: the kernel died while running this cell "
                    "(killed for memory, or a crash in a native library); the cells after it "
-                   "did not run."]))
+                   "did not run.")]))
     write_text_atomic(page, nbformat.writes(nb))
     return count
 

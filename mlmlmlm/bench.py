@@ -260,7 +260,8 @@ def bench_stream(run: str | None = None, seconds: float = 62.0, real_time_s: flo
 
 
 def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: float = 60.0,
-                          context_s: float = 6.0, reps: int = 3, device: str = "cpu") -> dict:
+                          context_s: float = 6.0, reps: int = 3, device: str = "cpu",
+                          compile: bool = False) -> dict:
     """Generation speed of the translation Transformer (``05_transformer/te2`` at ``scale``,
     random weights) with ``layout``, at the codecs' frame rate of that scale.
 
@@ -272,7 +273,9 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
       last half second (at ``seconds``): with the window these stay the same.
 
     Times per frame (``step_ms_*``: every level of one frame) and per token (``token_ms_*``:
-    one code of one level); tokens/s count codes.
+    one code of one level); tokens/s count codes. ``compile``: the cached steps through ring
+    caches and :meth:`~mlmlmlm.models.generation.Generation.compile_generation` (the first
+    steps compile; the medians are taken long after them).
     """
     from mlmlmlm.models.transformer import TranslationTransformer
 
@@ -295,7 +298,9 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
 
     with torch.inference_mode():
         t_fwd = _median_time(forward, reps)
-        cache = model.new_cache(1, max_cache_frames=ctx)
+        if compile:
+            model.compile_generation(True)
+        cache = model.new_cache(1, max_cache_frames=ctx, ring=compile)
         model.append_emg(cache, emg[:, :, :1])
         model.prime(cache, audio[:, :, :1])
         times = []
@@ -312,7 +317,8 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
 
     at_ctx, at_end = median(times[max(0, ctx - k):ctx]), median(times[-k:])
     per_forward = 1 if layout == "flat" else n_q  # codes an uncached forward yields
-    return {"scale": scale, "layout": layout, "device": dev.type, "params": model.num_params(),
+    return {"scale": scale, "layout": layout, "compiled": compile, "device": dev.type,
+            "params": model.num_params(),
             "frame_rate": rate, "context_frames": ctx, "generated_frames": total,
             "uncached_forward_ms": 1e3 * t_fwd, "uncached_tokens_per_s": per_forward / t_fwd,
             "cached_tokens_per_s": n_q / at_ctx,
@@ -354,8 +360,10 @@ def bench_transformer(scales: tuple[str, ...] = ("cpu", "paper"),
     if compile:
         loops += [streaming_loop("cpu", "frame", compile=True, chunk=c) for c in (None, 128)]
         loops.append(streaming_loop("cpu", "frame", chunk=128))  # the eager one, same chunks
+        loops.append(streaming_loop("cpu", "flat", compile=True))
     return {"device": device, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "seconds": seconds, "context_s": context_s,
-            "runs": [bench_transformer_run(s, lay, seconds, context_s, device=device)
+            "runs": [bench_transformer_run(s, lay, seconds, context_s, device=device, compile=c)
+                     for c in ((False, True) if compile else (False,))
                      for s in scales for lay in layouts],
             "streaming": loops}

@@ -211,6 +211,17 @@ def test_bench_transformer_reports_cached_and_uncached_speed():
         assert r["token_ms_0.6s"] == pytest.approx(r["step_ms_0.6s"] / 4)
         # the sliding window keeps the caches at the context: ctx frames of audio and EMG
         assert r["cache"]["emg"] <= ctx and r["cache"]["self"] <= ctx * (4 if layout == "flat" else 1)
+        assert r["compiled"] is False
+
+
+@pytest.mark.slow  # torch.compile of the smoke trunk's one-position graph
+def test_bench_transformer_times_the_compiled_cached_step():
+    from mlmlmlm.bench import bench_transformer_run
+
+    r = bench_transformer_run("smoke", "flat", seconds=0.6, context_s=0.3, reps=1, compile=True)
+    assert r["compiled"] is True and r["step_ms_0.3s"] > 0 and r["step_ms_0.6s"] > 0
+    ctx = r["context_frames"]  # ring caches: the window plus their slack, never more
+    assert r["cache"]["emg"] <= ctx and r["cache"]["self"] <= ctx * 4
 
 
 def test_token_metrics_with_shuffled_emg_measure_what_the_emg_is_worth():

@@ -53,7 +53,7 @@ def add_arguments(p) -> None:
     p.add_argument("--playout-ms", type=float,
                    help="fixed playout delay (default: the preset's, from "
                         f"{LIVE_RECORD}.yaml, for a preset's run: 80 ms for te2_frame, which "
-                        f"underran at 40 on 2 cores; else {DEFAULT_PLAYOUT_MS:g})")
+                        f"underran at 40 on a loaded 2-core machine; else {DEFAULT_PLAYOUT_MS:g})")
     p.add_argument("--prompt-s", type=float, default=0.1, help="prompt: latest S s of audio")
     p.add_argument("--duration", type=float, help="stop after S s (default: Ctrl-C or file end)")
     p.add_argument("--speed", type=float, default=1.0, help="file clock speed (tests)")

@@ -221,6 +221,11 @@ def test_emg_context_stays_causal_and_streams_exactly(layout):
         step, cache = run_cached(m, a, e, 2, chunks)
         assert (step - full[:, :, 2:]).abs().max().item() < TOL
         assert cache.emg_past.shape == (2, 3, 32)
+        # a copy, not a view of the last chunk's [2, 3 + n, 32]: the same strides after any
+        # chunk, so a compiled one-frame call is not recompiled for each prompt length
+        assert cache.emg_past.stride() == (3 * 32, 32, 1)
+    _, cache = run_cached(m, a[:1], e[:1], 2, [5])  # batch 1: a size-1 dim's stride counts too
+    assert cache.emg_past.stride() == (3 * 32, 32, 1)
     plain = tiny(layout, 1)
     plain.load_state_dict(m.state_dict(), strict=False)  # the same weights, no EMG context
     assert (plain(a, e).logits - full).abs().max() > 1e-3

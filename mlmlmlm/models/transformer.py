@@ -210,7 +210,11 @@ class TranslationTransformer(CachedGeneration, nn.Module):
             past = emg.new_zeros(emg.shape[0], k - 1, emg.shape[2])
         x = torch.cat([past, emg], dim=1)  # [B, k - 1 + n, d]
         ctx = self.emg_ctx(x.transpose(1, 2)).transpose(1, 2)  # [B, n, d]
-        return emg + ctx, x[:, x.shape[1] - (k - 1):]
+        # the past copied out of x with canonical strides: a view carries x's batch stride,
+        # (k - 1 + n) * d, into the next call (and .contiguous() keeps it when B is 1), and a
+        # compiled one-frame call guards on strides, so each prompt length recompiled it at a
+        # phrase's first push (a 3.8-s stall, 614 underruns in a live run)
+        return emg + ctx, x[:, x.shape[1] - (k - 1):].clone(memory_format=torch.contiguous_format)
 
     def _rope(self, pos: Tensor, dtype: torch.dtype):
         return rope_tables(pos, self.cfg.head_dim, self.cfg.rope_base, dtype)

@@ -569,7 +569,9 @@ def test_live_plays_a_presets_run_at_the_presets_playout_delay(tmp_path, capsys)
     other run and the envelope stand-in 40 ms; the session records the delay it played at."""
     from mlmlmlm.cli import main
     from mlmlmlm.config import load_run_config
-    from mlmlmlm.live.app import DEFAULT_PLAYOUT_MS, playout_ms
+    from mlmlmlm.live.app import playout_ms
+
+    DEFAULT_PLAYOUT_MS = EngineConfig().playout_ms  # the engine's own default
 
     presets = load_run_config("06_live_demo/live", "cpu").presets
     assert presets.default_playout_ms != DEFAULT_PLAYOUT_MS  # else this test shows nothing

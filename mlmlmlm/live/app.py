@@ -21,18 +21,18 @@ class LiveError(RuntimeError):
 
 
 LIVE_RECORD = "06_live_demo/live"  # its presets: section names each preset's run and playout
-DEFAULT_PLAYOUT_MS = 40.0  # a run no preset plays, and the envelope stand-in
 
 
 def playout_ms(run: str | None, scale: str, given: float | None) -> float:
     """``--playout-ms`` if given, else the playout of the preset that plays ``run`` (the live
-    record's ``presets:``), else :data:`DEFAULT_PLAYOUT_MS`."""
+    record's ``presets:``), else the engine's default (``EngineConfig.playout_ms``)."""
     if given is not None:
         return given
     from mlmlmlm.config import load_run_config
+    from mlmlmlm.live.engine import EngineConfig
 
     preset = load_run_config(LIVE_RECORD, scale).presets.playout_for(run) if run else None
-    return DEFAULT_PLAYOUT_MS if preset is None else preset
+    return EngineConfig.playout_ms if preset is None else preset
 
 
 def add_arguments(p) -> None:
@@ -53,7 +53,7 @@ def add_arguments(p) -> None:
     p.add_argument("--playout-ms", type=float,
                    help="fixed playout delay (default: the preset's, from "
                         f"{LIVE_RECORD}.yaml, for a preset's run: 80 ms for te2_frame, which "
-                        f"underran at 40 on a loaded 2-core machine; else {DEFAULT_PLAYOUT_MS:g})")
+                        "underran at 40 on a loaded 2-core machine; else the engine's 40)")
     p.add_argument("--prompt-s", type=float, default=0.1, help="prompt: latest S s of audio")
     p.add_argument("--duration", type=float, help="stop after S s (default: Ctrl-C or file end)")
     p.add_argument("--speed", type=float, default=1.0, help="file clock speed (tests)")

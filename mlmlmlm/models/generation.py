@@ -207,13 +207,12 @@ class CachedGeneration:
         dev = cache.pending.device
         u = torch.rand(cfg.n_q, B, generator=generator, device=dev) if codes is None else None
         sampling = (temperature, top_k, top_p, float(guidance), B)
-        if cfg.layout == "flat":
+        if cfg.layout == "flat":  # a trunk position per level, each with its head in its call
             K, levels, logits = cfg.codebook_size, [], []
             for q in range(cfg.n_q):
-                h = self._feed_one(cache, cache.pending)  # [rows, d], predicts level q
-                c = self._choose(h @ self.head.weight[q * K:(q + 1) * K].T, q, logits, u,
-                                 codes, *sampling)  # [rows]
+                _, c, lg = self._feed_one(cache, cache.pending, (q, u, codes, *sampling))
                 levels.append(c[:B])
+                logits.append(lg)
                 cache.pending = (c + q * K)[:, None]  # [rows, 1]
             out, lg = torch.stack(levels, 1), torch.stack(logits, 1)
         else:  # the trunk's position and the depth head in one call (one graph, compiled)
@@ -222,14 +221,15 @@ class CachedGeneration:
         cache.n_frames += 1
         return StepOutput(codes=out, logits=lg, frame=cache.n_frames - 1)
 
-    def _feed_one(self, cache: GenerationCache, inp: Tensor, head: tuple | None = None):
+    def _feed_one(self, cache: GenerationCache, inp: Tensor, head: tuple):
         """The step's path: one new audio position (flat token [rows, 1], frame codes
         [rows, n_q, 1], or the start token while it is pending) through the trunk with
-        :meth:`~mlmlmlm.nn.attention.Block.one`, its keys/values stored afterwards; returns its
-        hidden state [rows, d]. A ring cache passes whole rings and position masks (the same
-        shapes every step); growing buffers pass exactly the visible spans. ``head``: the
-        arguments of :meth:`_frame_head` after the hidden state; then the depth head runs in the
-        same call (:meth:`_trunk_and_head`) and (h, codes [B, n_q], logits [B, n_q, K]) return."""
+        :meth:`~mlmlmlm.nn.attention.Block.one` and the layout's head in the same call
+        (:meth:`_trunk_and_head`; ``head``: the arguments of :meth:`_frame_head` or
+        :meth:`_flat_head` after the hidden state), its keys/values stored afterwards. A ring
+        cache passes whole rings and position masks (the same shapes every step); growing
+        buffers pass exactly the visible spans. Returns (h [rows, d], codes, logits): frame
+        [B, n_q], [B, n_q, K]; flat [rows], [B, K]."""
         cfg, W = self.cfg, cache.max_cache_frames
         pos = cache.n_fed
         newest = self._query_frames(pos) + cfg.lookahead
@@ -259,27 +259,27 @@ class CachedGeneration:
             emgs = [b.span(0 if W is None else newest - W + 1, newest + 1)[:2]
                     for b in cache.emg_kv]
             s_mask = e_mask = None
-        if head is None:
-            h, new = self._compiled_or("trunk", cache)(x, p, selfs, s_mask, emgs, e_mask, slot)
-        else:
-            h, new, *frame = self._compiled_or("frame", cache)(x, p, selfs, s_mask, emgs, e_mask,
-                                                               slot, *head)
+        h, new, *chosen = self._compiled_or("step", cache)(x, p, selfs, s_mask, emgs, e_mask,
+                                                           slot, *head)
         if slot is None:  # growing buffers (a ring's entries were written in the graph)
             for buffer, (k, v) in zip(cache.self_kv, new):
                 buffer.append(k[:, :, None], v[:, :, None])
         cache.n_fed += 1
         self._forget(cache)
-        return h if head is None else (h, *frame)
+        return (h, *chosen)
 
     def _trunk_and_head(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, ...]],
                         s_mask: Tensor | None, emgs: list[tuple[Tensor, Tensor]],
                         e_mask: Tensor | None, slot: Tensor | None, *head) -> tuple:
-        """The frame layout's step: :meth:`_trunk_one`, then :meth:`_frame_head` on its hidden
-        state (``head``: that method's arguments after it) -> h [rows, d], the new k, v, codes
-        [B, n_q] and logits [B, n_q, K]: one compiled graph, not two (each call of a compiled
-        graph costs its own entry, tens of microseconds)."""
+        """A step's position with its head: :meth:`_trunk_one`, then the layout's head on its
+        hidden state (``head``: that method's arguments after it; :meth:`_frame_head` or
+        :meth:`_flat_head`) -> h [rows, d], the new k, v, and the head's codes and logits: one
+        compiled graph, not two (each call of a compiled graph costs its own entry, tens of
+        microseconds, and an eager head its own kernels: at the paper scale the flat head's
+        product over 2048 codes is a sixth of the step)."""
         h, new = self._trunk_one(x, p, selfs, s_mask, emgs, e_mask, slot)
-        return (h, new, *self._frame_head(h, *head))
+        head_fn = self._frame_head if self.cfg.layout == "frame" else self._flat_head
+        return (h, new, *head_fn(h, *head))
 
     def _trunk_one(self, x: Tensor, p: Tensor, selfs: list[tuple[Tensor, ...]],
                    s_mask: Tensor | None, emgs: list[tuple[Tensor, Tensor]],
@@ -312,40 +312,52 @@ class CachedGeneration:
             lg, q, logits, u, codes, temperature, top_k, top_p, guidance, B))  # [rows, n_q]
         return out[:B], torch.stack(logits, 1)
 
+    def _flat_head(self, h: Tensor, q: int, u: Tensor | None, codes: Tensor | None,
+                   temperature: float, top_k: int | None, top_p: float | None, guidance: float,
+                   B: int) -> tuple[Tensor, Tensor]:
+        """The flat layout's head for level ``q``: hidden state [rows, d] -> logits over that
+        level's K codes only (the head's rows of its range), guided and sampled as in
+        :meth:`_choose` -> the code for every row [rows] and the guided logits [B, K]. (A
+        compiled step holds one graph per level: ``q`` is a constant in it.)"""
+        K, logits = self.cfg.codebook_size, []
+        c = self._choose(h @ self.head.weight[q * K:(q + 1) * K].T, q, logits, u, codes,
+                         temperature, top_k, top_p, guidance, B)
+        return c, logits[0]
+
     def _choose(self, lg: Tensor, q: int, logits: list[Tensor], u: Tensor | None,
                 codes: Tensor | None, temperature: float, top_k: int | None,
                 top_p: float | None, guidance: float, B: int) -> Tensor:
-        """Level q's code from its logits [rows, K]: guided to [B, K] (appended to ``logits``),
+        """Level q's code from its logits [rows, K] (in float32: a cumulative sum over K codes in
+        bfloat16 would lose the tail): guided to [B, K] (appended to ``logits``),
         then the given ``codes[:, q]`` or a draw with the uniforms ``u[q]``; returned for every
         row [rows] (both paths of a guided batch are fed the same code)."""
         copies = lg.shape[0] // B
-        lg = self._guide(lg, B, guidance)
+        lg = self._guide(lg.float(), B, guidance)  # sampled in float32 whatever the weights
         logits.append(lg)
         c = codes[:, q] if codes is not None else sample_uniform(lg, u[q], temperature, top_k,
                                                                  top_p)
         return c.repeat(copies)
 
     def _compiled_or(self, part: str, cache: GenerationCache):
-        """The compiled ``part`` ("trunk", "frame" or "emg") for a ring cache once
+        """The compiled ``part`` ("step" or "emg") for a ring cache once
         :meth:`compile_generation` ran, else the eager method."""
         compiled = getattr(self, "_compiled", None)
         if compiled and cache.self_kv[0].ring_capacity:
             return compiled[part]
-        return {"trunk": self._trunk_one, "frame": self._trunk_and_head, "emg": self._emg_kv}[part]
+        return {"step": self._trunk_and_head, "emg": self._emg_kv}[part]
 
     def compile_generation(self, on: bool = True) -> None:
         """Run the steps of ring caches (``new_cache(..., ring=True)``) through
-        ``torch.compile``: one frame of EMG keys/values, and the trunk's one position (flat)
-        or the trunk's position with the depth head, guidance and sampling (frame), each one
-        graph of fixed shapes (C++ wrapper, no Python between kernels;
+        ``torch.compile``: one frame of EMG keys/values, and the trunk's one position with its
+        head, guidance and sampling (frame: the depth head over every level; flat: the current
+        level's head, a graph per level), each one graph of fixed shapes (C++ wrapper, no Python between kernels;
         :func:`~mlmlmlm.nn.compile.compile_frozen`). The first step of each new shape compiles
         (tens of seconds on 2 cores); the results equal the eager step's to float rounding
         (tested). ``on=False`` goes back to eager."""
         if not on:
             self._compiled = None
             return
-        self._compiled = {"trunk": compile_frozen(self._trunk_one),
-                          "frame": compile_frozen(self._trunk_and_head),
+        self._compiled = {"step": compile_frozen(self._trunk_and_head),
                           "emg": compile_frozen(self._emg_kv)}
 
     @torch.inference_mode()

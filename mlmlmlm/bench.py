@@ -261,7 +261,7 @@ def bench_stream(run: str | None = None, seconds: float = 62.0, real_time_s: flo
 
 def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: float = 60.0,
                           context_s: float = 6.0, reps: int = 3, device: str = "cpu",
-                          compile: bool = False) -> dict:
+                          compile: bool = False, dtype: str = "float32") -> dict:
     """Generation speed of the translation Transformer (``05_transformer/te2`` at ``scale``,
     random weights) with ``layout``, at the codecs' frame rate of that scale.
 
@@ -275,7 +275,8 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
     Times per frame (``step_ms_*``: every level of one frame) and per token (``token_ms_*``:
     one code of one level); tokens/s count codes. ``compile``: the cached steps through ring
     caches and :meth:`~mlmlmlm.models.generation.Generation.compile_generation` (the first
-    steps compile; the medians are taken long after them).
+    steps compile; the medians are taken long after them). ``dtype``: the model's weights and
+    caches (``"bfloat16"`` halves the bytes a step reads; the logits are sampled in float32).
     """
     from mlmlmlm.models.transformer import TranslationTransformer
 
@@ -283,7 +284,7 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
     rate = load_run_config("02_audio_codec/audio_codec", scale).model.frame_rate
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = TranslationTransformer(cfg.model).to(dev).eval()
+    model = TranslationTransformer(cfg.model).to(dev, getattr(torch, dtype)).eval()
     m, n_q = cfg.model, cfg.model.n_q
     ctx, total = max(2, round(context_s * rate)), max(2, round(seconds * rate))
     g = torch.Generator(device=dev).manual_seed(0)
@@ -317,7 +318,8 @@ def bench_transformer_run(scale: str = "cpu", layout: str = "flat", seconds: flo
 
     at_ctx, at_end = median(times[max(0, ctx - k):ctx]), median(times[-k:])
     per_forward = 1 if layout == "flat" else n_q  # codes an uncached forward yields
-    return {"scale": scale, "layout": layout, "compiled": compile, "device": dev.type,
+    return {"scale": scale, "layout": layout, "compiled": compile, "dtype": dtype,
+            "device": dev.type,
             "params": model.num_params(),
             "frame_rate": rate, "context_frames": ctx, "generated_frames": total,
             "uncached_forward_ms": 1e3 * t_fwd, "uncached_tokens_per_s": per_forward / t_fwd,
@@ -355,7 +357,8 @@ def bench_transformer(scales: tuple[str, ...] = ("cpu", "paper"),
                       context_s: float = 6.0, device: str = "cpu", compile: bool = False) -> dict:
     """Everything ``mlmlmlm bench transformer --json`` prints (introduced in 05_transformer):
     generation speed per scale and layout, and the cpu scale's whole streaming loop (with
-    ``compile``, the frame layout's compiled loop too, a hop and a Bela buffer at a time)."""
+    ``compile``, the frame layout's compiled loop too, a hop and a Bela buffer at a time, and
+    the compiled steps again with bfloat16 weights)."""
     loops = [streaming_loop("cpu", lay) for lay in layouts]
     if compile:
         loops += [streaming_loop("cpu", "frame", compile=True, chunk=c) for c in (None, 128)]
@@ -363,7 +366,9 @@ def bench_transformer(scales: tuple[str, ...] = ("cpu", "paper"),
         loops.append(streaming_loop("cpu", "flat", compile=True))
     return {"device": device, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "seconds": seconds, "context_s": context_s,
-            "runs": [bench_transformer_run(s, lay, seconds, context_s, device=device, compile=c)
-                     for c in ((False, True) if compile else (False,))
+            "runs": [bench_transformer_run(s, lay, seconds, context_s, device=device, compile=c,
+                                           dtype=dt)
+                     for c, dt in ([(False, "float32"), (True, "float32"), (True, "bfloat16")]
+                                   if compile else [(False, "float32")])
                      for s in scales for lay in layouts],
             "streaming": loops}

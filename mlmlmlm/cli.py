@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--playout-ms", type=float, default=40.0, help="stream: playout delay")
     be.add_argument("--compile", action="store_true",
                     help="stream, transformer: also measure the torch.compile'd translator (its "
-                         "compute beside the eager one's, in one run; the underrun run with it)")
+                         "compute beside the eager one's, in one run; the underrun run with it; "
+                         "transformer: with float32 and with bfloat16 weights)")
     be.add_argument("--interleaved", action="store_true",
                     help="stream: the board's one-variable EMG layout (128-frame buffers, 5.8 "
                          "ms, instead of 1024: bela/render.cpp with MLMLMLM_INTERLEAVED=1)")
